@@ -1,0 +1,1 @@
+"""Exporters: one file per target (onnx, openvino, tensorrt, triton)."""

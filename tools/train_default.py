@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Train the bundled default models on ../shared/data/CSun_Hays80 (never on a test set).
+
+    python tools/train_default.py sr-x2          # then denoise-s25, jpeg-q10
+    python tools/train_default.py sr-x2 --steps 200 --out /tmp/try   # a quick try
+
+Random 48x48 input patches with flips and rotations, L1 loss, Adam (lr 1e-3) decayed by 0.2 at
+2/3 and 5/6 of the steps (the paper's 20 and 25 of 30 epochs, scaled to the budget). Degradations
+are made on the fly with nsr_deploy.degrade, the functions the bench measures with. Everything is
+seeded; a run resumes from ``RUN_DIR/state.pt`` when interrupted. The last 4 photos (sorted by name)
+are held out for validation. The result is written as a native model (safetensors + JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nsr_deploy.bench.metrics import psnr  # noqa: E402
+from nsr_deploy.config import NSRConfig  # noqa: E402
+from nsr_deploy.degrade import add_noise, bicubic_down, bicubic_up, jpeg, modcrop, to_grey  # noqa: E402
+from nsr_deploy.models.checkpoint import save_native  # noqa: E402
+from nsr_deploy.models.network import NSRNet  # noqa: E402
+from nsr_deploy.models.reference import reference_forward  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "CSun_Hays80"
+HOLD_OUT = 4
+
+# Sized to stay under 2 MB of fp32 weights and to train in about an hour per model on 2 cores.
+PRESETS = {
+    "sr-x2": dict(task="sr", scale=2, channels=3, blocks=6, units=32, block_width=32, k=4, d=8,
+                  steps=8000, batch=16),
+    "denoise-s25": dict(task="noise", sigma=25, channels=1, blocks=10, units=32, block_width=32,
+                        k=2, d=8, steps=7000, batch=16),
+    "jpeg-q10": dict(task="jpeg", quality=10, channels=1, blocks=10, units=32, block_width=32,
+                     k=2, d=8, steps=7000, batch=16),
+}
+
+
+def load_photos(channels: int) -> tuple[list[np.ndarray], list[str]]:
+    paths = sorted(p for p in DATA.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not paths:
+        sys.exit(f"no training photos in {DATA}")
+    imgs = []
+    for p in paths:
+        img = np.asarray(Image.open(p).convert("RGB"))
+        imgs.append(img if channels == 3 else to_grey(img)[..., None])
+    return imgs, [p.name for p in paths]
+
+
+class TaskData:
+    """Makes (input, target) pairs as float32 arrays HxWxC in [0, 1] (inputs may leave [0, 1])."""
+
+    def __init__(self, preset: dict, imgs: list[np.ndarray]):
+        self.p = preset
+        self.scale = preset.get("scale", 1)
+        self.clean = [modcrop(im, self.scale) for im in imgs]
+        if preset["task"] == "sr":
+            self.source = [bicubic_down(im, self.scale) for im in self.clean]
+        elif preset["task"] == "jpeg":
+            self.source = [jpeg(im, preset["quality"]) for im in self.clean]
+        else:
+            self.source = self.clean  # noise is added per patch, fresh every time
+
+    def degrade_patch(self, src: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.p["task"] == "noise":
+            return add_noise(src, self.p["sigma"], rng)
+        return src.astype(np.float32) / 255.0
+
+    def batch(self, rng: np.random.Generator, ids: list[int], n: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        s = self.scale
+        for _ in range(n):
+            i = ids[int(rng.integers(len(ids)))]
+            src, clean = self.source[i], self.clean[i]
+            y0 = int(rng.integers(src.shape[0] - patch + 1))
+            x0 = int(rng.integers(src.shape[1] - patch + 1))
+            x = self.degrade_patch(src[y0:y0 + patch, x0:x0 + patch], rng)
+            y = clean[s * y0:s * (y0 + patch), s * x0:s * (x0 + patch)].astype(np.float32) / 255.0
+            k = int(rng.integers(8))  # one of the 8 flips/rotations
+            x, y = np.rot90(x, k % 4), np.rot90(y, k % 4)
+            if k >= 4:
+                x, y = x[:, ::-1], y[:, ::-1]
+            xs.append(np.ascontiguousarray(x.transpose(2, 0, 1)))
+            ys.append(np.ascontiguousarray(y.transpose(2, 0, 1)))
+        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+    def validation_pair(self, i: int, rng: np.random.Generator, size: int = 160):
+        """(model input float, ground truth uint8, classic baseline uint8) for one held-out photo."""
+        s = self.scale
+        src, clean = self.source[i], self.clean[i]
+        y0, x0 = (src.shape[0] - size) // 2, (src.shape[1] - size) // 2
+        crop = src[y0:y0 + size, x0:x0 + size]
+        gt = clean[s * y0:s * (y0 + size), s * x0:s * (x0 + size)]
+        x = self.degrade_patch(crop, rng)
+        base = bicubic_up(crop, s) if self.p["task"] == "sr" else np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
+        return x, gt, base
+
+
+def evaluate(net: NSRNet, data: TaskData, val_ids: list[int], seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    net.eval()
+    ours, base = [], []
+    shave = data.scale if data.scale > 1 else 0
+    for i in val_ids:
+        x, gt, b = data.validation_pair(i, rng)
+        with torch.no_grad():
+            y = reference_forward(net, torch.from_numpy(x.transpose(2, 0, 1).copy())[None])[0]
+        out = np.clip(np.round(y.numpy().transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+        ours.append(psnr(out, gt, shave))
+        base.append(psnr(b, gt, shave))
+    net.train()
+    return float(np.mean(ours)), float(np.mean(base))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", choices=sorted(PRESETS))
+    ap.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    ap.add_argument("--out", type=Path, default=ROOT / "nsr_deploy" / "assets", help="where NAME.safetensors/.json go")
+    ap.add_argument("--run-dir", type=Path, help="resumable state (default runs/NAME)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-every", type=int, default=1000)
+    args = ap.parse_args(argv)
+
+    preset = dict(PRESETS[args.name])
+    steps = args.steps or preset["steps"]
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cfg = NSRConfig(channels=preset["channels"], scale=preset.get("scale", 1), num_blocks=preset["blocks"],
+                    units=preset["units"], block_width=preset["block_width"], groups=preset["k"],
+                    cardinals=preset["d"], sparse=True)
+    net = NSRNet(cfg, weight_norm=True)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [steps * 2 // 3, steps * 5 // 6], gamma=0.2)
+    rng = np.random.default_rng(args.seed)
+    run_dir = args.run_dir or ROOT / "runs" / args.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path, rng_path = run_dir / "state.pt", run_dir / "rng.json"
+    start, elapsed = 0, 0.0
+    if state_path.exists() and rng_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        saved = json.loads(rng_path.read_text())
+        rng.bit_generator.state = saved["numpy"]
+        start, elapsed = saved["step"], saved["elapsed"]
+        print(f"resuming {args.name} at step {start}")
+
+    imgs, names = load_photos(cfg.channels)
+    data = TaskData(preset, imgs)
+    train_ids = list(range(len(imgs) - HOLD_OUT))
+    val_ids = list(range(len(imgs) - HOLD_OUT, len(imgs)))
+
+    loss_fn = torch.nn.L1Loss()
+    t0 = time.time() - elapsed
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=args.name, dynamic_ncols=True)
+    running = None
+    val = (math.nan, math.nan)
+    for step in bar:
+        x, y = data.batch(rng, train_ids, preset["batch"], cfg.patch_size)
+        loss = loss_fn(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        done = step + 1
+        if done % args.eval_every == 0 or done == steps:
+            val = evaluate(net, data, val_ids, args.seed)
+        bar.set_postfix(loss=f"{running:.4f}", lr=f"{sched.get_last_lr()[0]:.1e}",
+                        val=f"{val[0]:.2f}/{val[1]:.2f}dB")
+        if done % 200 == 0 or done == steps:
+            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()}, state_path)
+            rng_path.write_text(json.dumps({"numpy": rng.bit_generator.state, "step": done,
+                                            "elapsed": time.time() - t0}))
+    bar.close()
+    minutes = (time.time() - t0) / 60
+    net.eval()
+    deploy = NSRNet(cfg)
+    from nsr_deploy.models.checkpoint import fold_state_dict
+
+    deploy.load_state_dict(fold_state_dict(net.state_dict()))
+    task = {"sr": f"bicubic x{cfg.scale} (Pillow)", "noise": f"gaussian sigma {preset.get('sigma')}",
+            "jpeg": f"JPEG quality {preset.get('quality')} (Pillow)"}[preset["task"]]
+    meta = {
+        "name": args.name,
+        "task": preset["task"],
+        "degradation": task,
+        "sigma": preset.get("sigma"),
+        "quality": preset.get("quality"),
+        "training": {
+            "data": f"CSun_Hays80 (first {len(train_ids)} photos by name; last {HOLD_OUT} held out)",
+            "steps": steps, "batch": preset["batch"], "patch": cfg.patch_size, "seed": args.seed,
+            "loss": "L1", "optimizer": "Adam lr 1e-3, x0.2 at 2/3 and 5/6", "minutes": round(minutes, 1),
+            "threads": args.threads, "command": f"python tools/train_default.py {args.name}",
+            "held_out_psnr": round(val[0], 3), "held_out_baseline_psnr": round(val[1], 3),
+        },
+    }
+    st, js = save_native(deploy, args.out / args.name, meta)
+    print(f"wrote {st} ({st.stat().st_size / 1e6:.2f} MB) and {js}; held-out PSNR {val[0]:.2f} dB "
+          f"(baseline {val[1]:.2f} dB) after {minutes:.0f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
