@@ -101,5 +101,47 @@ def inspect(checkpoint, model_name, image_mean, patch_size, as_json):
         click.echo(f"{key:<{width}}  {value}")
 
 
+TARGETS = ("onnx", "openvino", "tensorrt", "triton", "all")
+
+
+@main.command()
+@model_argument
+@click.option("--target", "-t", type=click.Choice(TARGETS), default="onnx", show_default=True,
+              help="What to build. 'all' builds every target this machine can build.")
+@click.option("--output", "-o", "out", type=click.Path(file_okay=False), default="out", show_default=True,
+              help="Output folder (written atomically).")
+@click.option("--conv-form", type=click.Choice(["grouped", "matmul", "dense-mix"]), default="grouped",
+              show_default=True, help="How the per-patch convolution is expressed in the graph.")
+@click.option("--patch-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Patches per engine call (fixed for the 'grouped' form).")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13-20).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the parity gate.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@user_errors
+def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_form, patch_batch, opset,
+           threads, force, as_json):
+    """Export a model to deployable engines, gated on parity with the PyTorch reference."""
+    from nsr_deploy.exporters.onnx import check_options, export_onnx
+
+    check_options(conv_form, patch_batch, opset)
+    if target != "onnx":
+        raise NSRError(f"target {target!r} is not available yet")
+    from pathlib import Path
+
+    if Path(out).exists() and not force:
+        raise NSRError(f"{out} exists; pass --force to replace it")
+    loaded = resolve_model(checkpoint, model_name, image_mean, patch_size)
+    manifest = export_onnx(loaded, out, conv_form, patch_batch, opset, force, threads, show_progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+        return
+    for key, res in manifest["parity"].items():
+        for check in res["checks"]:
+            click.echo(f"parity {key:<18} {check['check']:<15} max abs {check['max_abs']:.2e}  "
+                       f"(<= {check['tolerance']:g}) {'ok' if check['passed'] else 'FAIL'}  {check['detail']}")
+    click.echo(f"wrote {out}/ ({', '.join(t['file'] for t in manifest['targets'].values())}, nsr.json)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -20,3 +20,8 @@ def bundled_path(name: str) -> Path | None:
 
 def bundled_description(name: str) -> dict:
     return json.loads((ASSETS / f"{name}.json").read_text())
+
+
+def sample_paths() -> list[Path]:
+    """Bundled sample photos (crops of held-out training photos; see tools/make_samples.py)."""
+    return sorted((ASSETS / "samples").glob("*.png"))

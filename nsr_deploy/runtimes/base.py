@@ -1,0 +1,84 @@
+"""The one interface every backend implements (after Polygraphy's runners: lazy activation,
+same call for every backend, explicit deactivation).
+
+A runner runs the exported *patch network*: ``x [N, C, h, w]`` and ``valid [N, 1, h, w]``
+(float32) to ``y [N, C, h*s, w*s]``. Engines with a fixed patch batch get their batch padded and
+split here, so callers never see it. ``infer`` is safe to call from several threads.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+
+class Runner:
+    backend = "?"
+    precision = "fp32"
+
+    def __init__(self, path: str, threads: int | None = None):
+        self.path = str(path)
+        self.threads = threads
+        self.static_batch: int | None = None
+        self._active = False
+        self._lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def activate(self) -> Runner:
+        with self._lock:
+            if not self._active:
+                self._activate()
+                self._active = True
+        return self
+
+    def deactivate(self) -> None:
+        with self._lock:
+            if self._active:
+                self._deactivate()
+                self._active = False
+
+    close = deactivate
+
+    def __enter__(self) -> Runner:
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    # -- inference -------------------------------------------------------------------------
+    def infer(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        if not self._active:
+            self.activate()
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        valid = np.ascontiguousarray(valid, dtype=np.float32)
+        n = self.static_batch
+        if n is None or x.shape[0] == n:
+            return self._infer(x, valid)
+        outs = []
+        for i in range(0, x.shape[0], n):
+            xb, vb = x[i:i + n], valid[i:i + n]
+            m = xb.shape[0]
+            if m < n:  # a fixed-batch engine: pad with copies of the last item, drop them after
+                xb = np.concatenate([xb, np.repeat(xb[-1:], n - m, 0)])
+                vb = np.concatenate([vb, np.repeat(vb[-1:], n - m, 0)])
+            outs.append(self._infer(np.ascontiguousarray(xb), np.ascontiguousarray(vb))[:m])
+        return np.concatenate(outs)
+
+    # -- for subclasses --------------------------------------------------------------------
+    def _activate(self) -> None:
+        raise NotImplementedError
+
+    def _deactivate(self) -> None:
+        pass
+
+    def _infer(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"backend": self.backend, "precision": self.precision, "path": self.path,
+                "threads": self.threads, "static_batch": self.static_batch}

@@ -1,0 +1,87 @@
+"""An exported engine plus its manifest: restores whole images of any size.
+
+``Engine.restore`` takes uint8 ``HxW``/``HxWxC`` arrays (returns uint8) or float32 in [0, 1]
+(returns float32, unclipped), tiles them on the host as the chosen tiling mode says, runs the
+runner on bounded batches of patches and blends the result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nsr_deploy.config import NSRConfig
+from nsr_deploy.errors import NSRError
+from nsr_deploy.runtimes.base import Runner
+from nsr_deploy.runtimes.tiling import Blender, batches, extract, reference_plan
+
+TILINGS = ("reference",)
+DEFAULT_TILE_BATCH = 16
+
+
+class Engine:
+    def __init__(self, runner: Runner, config: NSRConfig, tiling: str = "reference",
+                 tile_batch: int | None = None, manifest: dict | None = None):
+        if tiling not in TILINGS:
+            raise NSRError(f"unknown tiling {tiling!r} (choose from {', '.join(TILINGS)})")
+        self.runner = runner
+        self.config = config
+        self.tiling = tiling
+        self.tile_batch = tile_batch
+        self.manifest = manifest or {}
+        self.last_stats: dict = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def activate(self) -> Engine:
+        self.runner.activate()
+        return self
+
+    def close(self) -> None:
+        self.runner.deactivate()
+
+    def __enter__(self) -> Engine:
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- restoration ----------------------------------------------------------------------
+    def restore(self, image: np.ndarray) -> np.ndarray:
+        img = np.asarray(image)
+        if img.ndim == 2:
+            chw = img[None]
+        elif img.ndim == 3:
+            chw = img.transpose(2, 0, 1)
+        else:
+            raise NSRError(f"expected an HxW or HxWxC image, got shape {img.shape}")
+        if chw.shape[0] != self.config.channels:
+            raise NSRError(f"the model takes {self.config.channels} channel(s), the image has {chw.shape[0]}")
+        if img.dtype == np.uint8:
+            x = chw.astype(np.float32) / np.float32(255.0)
+        elif np.issubdtype(img.dtype, np.floating):
+            x = chw.astype(np.float32)
+        else:
+            raise NSRError(f"unsupported image dtype {img.dtype} (uint8 or float)")
+        y = self.restore_chw(x)
+        out = y[0] if img.ndim == 2 else y.transpose(1, 2, 0)
+        if img.dtype == np.uint8:
+            return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(out)
+
+    def restore_batch(self, images) -> list[np.ndarray]:
+        return [self.restore(im) for im in images]
+
+    def restore_chw(self, x: np.ndarray) -> np.ndarray:
+        """float32 ``[C, H, W]`` -> float32 ``[C, H*s, W*s]``."""
+        cfg = self.config
+        h, w = x.shape[1:]
+        plan = reference_plan(h, w, cfg.patch_size, pooled=cfg.sparse)
+        self.last_stats = {"tiling": self.tiling, "pixels": h * w, "pixels_computed": plan.pixels_computed,
+                           "patches": max(1, len(plan.windows))}
+        if plan.whole_image:
+            return self.runner.infer(x[None], np.ones((1, 1, h, w), np.float32))[0]
+        blender = Blender(plan, cfg.channels, cfg.scale)
+        size = self.tile_batch or self.runner.static_batch or DEFAULT_TILE_BATCH
+        for group in batches(plan.windows, size):
+            xs, valid = extract(x, plan, group)
+            blender.add(self.runner.infer(xs, valid), group)
+        return blender.result()
