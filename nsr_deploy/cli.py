@@ -101,13 +101,14 @@ def inspect(checkpoint, model_name, image_mean, patch_size, as_json):
         click.echo(f"{key:<{width}}  {value}")
 
 
-TARGETS = ("onnx", "openvino", "tensorrt", "triton", "all")
+TARGETS = ("onnx", "openvino", "tensorrt", "all")
 
 
 @main.command()
 @model_argument
 @click.option("--target", "-t", type=click.Choice(TARGETS), default="onnx", show_default=True,
-              help="What to build. 'all' builds every target this machine can build.")
+              help="What to build (ONNX is always built: the others are lowered from it). "
+                   "'all' builds every target this machine can build.")
 @click.option("--output", "-o", "out", type=click.Path(file_okay=False), default="out", show_default=True,
               help="Output folder (written atomically).")
 @click.option("--conv-form", type=click.Choice(["grouped", "matmul", "dense-mix"]), default="grouped",
@@ -115,32 +116,57 @@ TARGETS = ("onnx", "openvino", "tensorrt", "triton", "all")
 @click.option("--patch-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Patches per engine call (fixed for the 'grouped' form).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13-20).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the parity gate.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="OpenVINO/TensorRT precision (ONNX stays fp32).")
+@click.option("--calib", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of calibration images for int8 (default: bundled samples).")
+@click.option("--batch-profile", metavar="MIN,OPT,MAX", default=None,
+              help="TensorRT optimisation profile over the patch batch (dynamic forms).")
+@click.option("--workspace", "workspace_mib", type=click.IntRange(min=16), default=1024, show_default=True,
+              help="TensorRT workspace limit, MiB.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="TensorRT timing cache file, reused across builds.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the parity gates.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @user_errors
-def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_form, patch_batch, opset,
-           threads, force, as_json):
+def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_form, patch_batch, opset, precision,
+           calib, batch_profile, workspace_mib, timing_cache, threads, force, as_json):
     """Export a model to deployable engines, gated on parity with the PyTorch reference."""
-    from nsr_deploy.exporters.onnx import check_options, export_onnx
-
-    check_options(conv_form, patch_batch, opset)
-    if target != "onnx":
-        raise NSRError(f"target {target!r} is not available yet")
     from pathlib import Path
 
+    from nsr_deploy.exporters.onnx import check_options
+    from nsr_deploy.exporters.pipeline import ExportOptions, export, resolve_targets
+
+    check_options(conv_form, patch_batch, opset)
+    profile = None
+    if batch_profile:
+        try:
+            profile = tuple(int(v) for v in batch_profile.split(","))
+            assert len(profile) == 3 and 1 <= profile[0] <= profile[1] <= profile[2]
+        except (ValueError, AssertionError):
+            raise NSRError(f"--batch-profile wants MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got {batch_profile!r}") \
+                from None
     if Path(out).exists() and not force:
         raise NSRError(f"{out} exists; pass --force to replace it")
+    resolve_targets(target)  # fail fast, before loading anything, if a target cannot be built here
     loaded = resolve_model(checkpoint, model_name, image_mean, patch_size)
-    manifest = export_onnx(loaded, out, conv_form, patch_batch, opset, force, threads, show_progress=not as_json)
+    opts = ExportOptions(conv_form=conv_form, patch_batch=patch_batch, opset=opset, precision=precision,
+                         calib=calib, threads=threads, batch_profile=profile, workspace_mib=workspace_mib,
+                         timing_cache=timing_cache, force=force, show_progress=not as_json)
+    manifest = export(loaded, out, target, opts)
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
     for key, res in manifest["parity"].items():
         for check in res["checks"]:
-            click.echo(f"parity {key:<18} {check['check']:<15} max abs {check['max_abs']:.2e}  "
-                       f"(<= {check['tolerance']:g}) {'ok' if check['passed'] else 'FAIL'}  {check['detail']}")
-    click.echo(f"wrote {out}/ ({', '.join(t['file'] for t in manifest['targets'].values())}, nsr.json)")
+            limit = check.get("tolerance")
+            click.echo(f"parity {key:<20} {check['check']:<16} max abs {check['max_abs']:.2e}  "
+                       f"(<= {limit:g}) {'ok' if check['passed'] else 'FAIL'}  {check.get('detail', '')}")
+    for name, why in manifest.get("skipped_targets", {}).items():
+        click.echo(f"skipped {name}: {why}")
+    files = ", ".join(t["file"] for t in manifest["targets"].values())
+    click.echo(f"wrote {out}/ ({files}, nsr.json)")
 
 
 if __name__ == "__main__":  # pragma: no cover

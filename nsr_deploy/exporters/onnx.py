@@ -7,15 +7,15 @@ after every gate passed). The same inputs give byte-identical model files.
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from nsr_deploy.errors import NSRError
-from nsr_deploy.exporters.common import Stages, atomic_output, base_manifest, sha256_bytes, tool_versions
+from nsr_deploy.exporters.common import Stages, base_manifest, sha256_bytes, tool_versions
 from nsr_deploy.models.deploy import CONV_FORMS, STATIC_BATCH_FORMS, DeployNet
-from nsr_deploy.runtimes.manifest import MANIFEST, write_json
 
 OPSETS = range(13, 21)  # Softmax over one axis from 13; the legacy exporter stops at 20
 DEFAULT_OPSET = 17
@@ -74,6 +74,9 @@ def build_onnx(loaded, conv_form: str, patch_batch: int | None, opset: int = DEF
         model.producer_name = "nsr-deploy"
         model.producer_version = __version__
         model.doc_string = f"{cfg.kind} {cfg.task}, conv form {conv_form}"
+        # The I/O contract travels inside the file too, so a bare model.onnx is self-describing.
+        contract = base_manifest(loaded, conv_form, patch_batch, dynamic_axes(conv_form))
+        onnx.helper.set_model_props(model, {"nsr_manifest": json.dumps(contract, sort_keys=True)})
         try:
             onnx.checker.check_model(model, full_check=True)
         except onnx.checker.ValidationError as e:
@@ -119,36 +122,54 @@ def default_sample(channels: int) -> tuple[np.ndarray, str]:
     return np.ascontiguousarray(chw), path.name
 
 
+NAME = "onnx"
+STAGES = ["rewrite", "trace", "simplify", "check", "parity"]
+
+
+def unavailable() -> str | None:
+    for module in ("torch", "onnx", "onnxsim", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{module} is not installed (pip install 'nsr-deploy[export]')"
+    return None
+
+
+def build(ctx) -> None:
+    """Pipeline step: ``model.onnx`` into ``ctx.folder``, gated; starts the manifest."""
+    from nsr_deploy.bench.parity import FP32_MAX_ABS
+    from nsr_deploy.runtimes.ort_runner import OrtRunner
+
+    opts, loaded = ctx.options, ctx.loaded
+    check_options(opts.conv_form, opts.patch_batch, opts.opset)
+    static = opts.conv_form in STATIC_BATCH_FORMS
+    batch = (opts.patch_batch or DEFAULT_PATCH_BATCH) if static else None
+    model = build_onnx(loaded, opts.conv_form, batch, opts.opset, ctx.stages)
+    data = model.SerializeToString()
+    (ctx.folder / MODEL_FILE).write_bytes(data)
+    with ctx.stages.stage("parity"):
+        with OrtRunner(str(ctx.folder / MODEL_FILE), opts.threads) as runner:
+            parity = parity_gate(loaded, runner, FP32_MAX_ABS)
+    if not parity["passed"]:
+        worst = max(parity["checks"], key=lambda c: c["max_abs"])
+        raise NSRError(f"parity gate failed: ONNX Runtime vs PyTorch reference max abs diff "
+                       f"{worst['max_abs']:.3g} > {FP32_MAX_ABS:g} ({worst['check']}); nothing written")
+    manifest = base_manifest(loaded, opts.conv_form, batch, dynamic_axes(opts.conv_form))
+    manifest["opset"] = opts.opset
+    manifest["targets"] = {"onnx": {"file": MODEL_FILE, "sha256": sha256_bytes(data), "precision": "fp32",
+                                    "runtime": "onnxruntime"}}
+    manifest["tools"] = tool_versions("torch", "onnx", "onnxsim", "onnxruntime")
+    manifest["parity"] = {"onnxruntime/fp32": parity}
+    ctx.manifest.update(manifest)
+
+
 def export_onnx(loaded, out: str | Path, conv_form: str = "grouped", patch_batch: int | None = DEFAULT_PATCH_BATCH,
                 opset: int = DEFAULT_OPSET, force: bool = False, threads: int | None = None,
                 show_progress: bool = True) -> dict:
     """Export, gate and write ``OUT/model.onnx`` + ``OUT/nsr.json``; returns the manifest."""
-    check_options(conv_form, patch_batch, opset)
-    static = conv_form in STATIC_BATCH_FORMS
-    batch = (patch_batch or DEFAULT_PATCH_BATCH) if static else None
-    with atomic_output(out, force) as tmp:
-        stages = Stages(["rewrite", "trace", "simplify", "check", "parity"], show_progress)
-        try:
-            model = build_onnx(loaded, conv_form, batch, opset, stages)
-            data = model.SerializeToString()
-            (tmp / MODEL_FILE).write_bytes(data)
-            with stages.stage("parity"):
-                from nsr_deploy.bench.parity import FP32_MAX_ABS
-                from nsr_deploy.runtimes.ort_runner import OrtRunner
+    from nsr_deploy.exporters.pipeline import ExportOptions, export
 
-                with OrtRunner(str(tmp / MODEL_FILE), threads) as runner:
-                    parity = parity_gate(loaded, runner, FP32_MAX_ABS)
-        finally:
-            stages.close()
-        if not parity["passed"]:
-            worst = max(parity["checks"], key=lambda c: c["max_abs"])
-            raise NSRError(f"parity gate failed: ONNX Runtime vs PyTorch reference max abs diff "
-                           f"{worst['max_abs']:.3g} > {FP32_MAX_ABS:g} ({worst['check']}); nothing written")
-        manifest = base_manifest(loaded, conv_form, batch, dynamic_axes(conv_form))
-        manifest["opset"] = opset
-        manifest["targets"] = {"onnx": {"file": MODEL_FILE, "sha256": sha256_bytes(data), "precision": "fp32"}}
-        manifest["tools"] = tool_versions("torch", "onnx", "onnxsim", "onnxruntime")
-        manifest["parity"] = {"onnxruntime/fp32": parity}
-        manifest["export_seconds"] = stages.timings
-        write_json(tmp / MANIFEST, manifest)
-    return manifest
+    check_options(conv_form, patch_batch, opset)
+    opts = ExportOptions(conv_form=conv_form, patch_batch=patch_batch, opset=opset, force=force, threads=threads,
+                         show_progress=show_progress)
+    return export(loaded, out, "onnx", opts)

@@ -1,1 +1,114 @@
-"""Engines behind one interface, host-side tiling and image I/O. Imports no torch."""
+"""Engines behind one interface, host-side tiling and image I/O. Imports no torch.
+
+    from nsr_deploy.runtimes import load
+    with load("out/") as engine:              # a folder with nsr.json, a .onnx, .xml, .engine,
+        big = engine.restore(image)           # or a checkpoint / bundled model name (torch backend)
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from nsr_deploy.errors import BackendUnavailable, NSRError
+
+# backend -> (module, runner class, file suffix it runs)
+BACKENDS = {
+    "tensorrt": ("nsr_deploy.runtimes.trt_runner", "TrtRunner", ".engine"),
+    "openvino": ("nsr_deploy.runtimes.ov_runner", "OvRunner", ".xml"),
+    "onnxruntime": ("nsr_deploy.runtimes.ort_runner", "OrtRunner", ".onnx"),
+    "torch": ("nsr_deploy.runtimes.torch_runner", "TorchRunner", None),
+}
+AUTO_ORDER = ("tensorrt", "openvino", "onnxruntime")
+TARGET_OF_BACKEND = {"tensorrt": "tensorrt", "openvino": "openvino", "onnxruntime": "onnx"}
+
+
+def runner_class(backend: str):
+    if backend not in BACKENDS:
+        raise NSRError(f"unknown backend {backend!r} (choose from auto, {', '.join(BACKENDS)})")
+    module, cls, _ = BACKENDS[backend]
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("nsr_deploy"):
+            raise BackendUnavailable(f"backend {backend!r} is not part of this nsr-deploy build") from None
+        raise
+
+
+def backend_unavailable(backend: str) -> str | None:
+    """None when ``backend`` can run here, else why not."""
+    try:
+        cls = runner_class(backend)
+    except BackendUnavailable as e:
+        return str(e)
+    check = getattr(importlib.import_module(cls.__module__), "unavailable", None)
+    return check() if check else None
+
+
+def _manifest_of_file(path: Path) -> dict | None:
+    from nsr_deploy.runtimes.manifest import MANIFEST, read_manifest
+
+    if (path.parent / MANIFEST).exists():
+        return read_manifest(path.parent)
+    if path.suffix == ".onnx":  # a bare model: its config travels in the ONNX metadata
+        try:
+            import onnx
+        except ImportError:
+            return None
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        if "nsr_manifest" in props:
+            return json.loads(props["nsr_manifest"])
+    return None
+
+
+def load(path, backend: str = "auto", threads: int | None = None, tiling: str = "reference",
+         tile_batch: int | None = None, image_mean: float | None = None, patch_size: int | None = None):
+    """An :class:`~nsr_deploy.runtimes.engine.Engine` for an export folder, engine file or checkpoint.
+
+    Activation is lazy: the backend loads on first use or on ``activate()`` / ``with``.
+    """
+    from nsr_deploy.runtimes.engine import Engine
+    from nsr_deploy.runtimes.manifest import manifest_config, read_manifest
+
+    p = Path(str(path))
+    if p.is_dir():
+        manifest = read_manifest(p)
+        targets = manifest.get("targets", {})
+        if backend == "auto":
+            for name in AUTO_ORDER:
+                if TARGET_OF_BACKEND[name] in targets and backend_unavailable(name) is None:
+                    backend = name
+                    break
+            else:
+                built = ", ".join(targets) or "nothing"
+                raise BackendUnavailable(f"{p}: no runtime here for what it holds ({built})")
+        if backend == "torch":
+            raise NSRError("the torch backend runs checkpoints, not export folders")
+        target = TARGET_OF_BACKEND[backend]
+        if target not in targets:
+            raise NSRError(f"{p}: holds no {target} engine (it has: {', '.join(targets)})")
+        file = p / targets[target]["file"]
+        runner = runner_class(backend)(str(file), threads)
+        return Engine(runner, manifest_config(manifest), tiling, tile_batch, manifest)
+    suffix_backend = {s: b for b, (_, _, s) in BACKENDS.items() if s}
+    if p.suffix in suffix_backend:
+        if not p.exists():
+            raise NSRError(f"{p}: no such file")
+        want = suffix_backend[p.suffix]
+        if backend not in ("auto", want):
+            raise NSRError(f"{p.name} is a {want} engine; backend {backend!r} cannot run it")
+        manifest = _manifest_of_file(p)
+        if manifest is None:
+            raise NSRError(f"{p}: no nsr.json beside it, so its I/O contract is unknown")
+        runner = runner_class(want)(str(p), threads)
+        return Engine(runner, manifest_config(manifest), tiling, tile_batch, manifest)
+    # anything else: a checkpoint or bundled model, run by the PyTorch reference
+    if backend not in ("auto", "torch"):
+        raise NSRError(f"{p}: a checkpoint runs on the torch backend only (export it for {backend})")
+    cls = runner_class("torch")
+    runner = cls(str(path), threads, image_mean=image_mean, patch_size=patch_size)
+    return Engine(runner, runner.config, tiling, tile_batch, {})
+
+
+__all__ = ["BACKENDS", "load", "backend_unavailable"]

@@ -8,7 +8,7 @@ from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.runtimes.base import Runner
 
 
-def ort_available() -> str | None:
+def unavailable() -> str | None:
     """None when usable, else why not."""
     try:
         import onnxruntime  # noqa: F401
@@ -26,7 +26,7 @@ class OrtRunner(Runner):
         self.session = None
 
     def _activate(self) -> None:
-        why = ort_available()
+        why = unavailable()
         if why:
             raise BackendUnavailable(why)
         import onnxruntime as ort
