@@ -169,5 +169,14 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
     click.echo(f"wrote {out}/ ({files}, nsr.json)")
 
 
+def _register_subcommands() -> None:
+    """Commands that live next to the code they drive (kept light: no heavy imports at load)."""
+    from nsr_deploy.bench.command import bench
+
+    main.add_command(bench)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()
