@@ -81,4 +81,4 @@ def image_parity(net, engine, image_chw: np.ndarray, tolerance: float = FP32_MAX
     diff = float(np.max(np.abs(got - want)))
     h, w = image_chw.shape[1:]
     return ParityResult("real_image", diff, psnr_float(got, want), tolerance, diff <= tolerance,
-                        f"{name} {w}x{h}, {engine.last_stats.get('patches', 1)} patches")
+                        f"{name} {w}x{h}, {engine.last_stats.get('windows', 1)} patches")

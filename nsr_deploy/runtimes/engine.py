@@ -12,10 +12,18 @@ import numpy as np
 from nsr_deploy.config import NSRConfig
 from nsr_deploy.errors import NSRError
 from nsr_deploy.runtimes.base import Runner
-from nsr_deploy.runtimes.tiling import Blender, batches, extract, reference_plan
+from nsr_deploy.runtimes.tiling import Assembler, Padded, batches, make_plan
 
-TILINGS = ("reference",)
+TILINGS = ("reference", "cells")
 DEFAULT_TILE_BATCH = 16
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """[0, 1] float -> uint8 with rounding, in place (large images: no float temporaries)."""
+    np.multiply(x, 255.0, out=x)
+    np.clip(x, 0, 255, out=x)
+    np.rint(x, out=x)
+    return x.astype(np.uint8)
 
 
 class Engine:
@@ -64,24 +72,30 @@ class Engine:
         y = self.restore_chw(x)
         out = y[0] if img.ndim == 2 else y.transpose(1, 2, 0)
         if img.dtype == np.uint8:
-            return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+            return to_uint8(out)
         return np.ascontiguousarray(out)
 
     def restore_batch(self, images) -> list[np.ndarray]:
         return [self.restore(im) for im in images]
 
+    def plan(self, height: int, width: int):
+        cfg = self.config
+        return make_plan(self.tiling, height, width, cfg.patch_size, cfg.sparse, cfg.receptive_radius())
+
     def restore_chw(self, x: np.ndarray) -> np.ndarray:
         """float32 ``[C, H, W]`` -> float32 ``[C, H*s, W*s]``."""
         cfg = self.config
         h, w = x.shape[1:]
-        plan = reference_plan(h, w, cfg.patch_size, pooled=cfg.sparse)
-        self.last_stats = {"tiling": self.tiling, "pixels": h * w, "pixels_computed": plan.pixels_computed,
-                           "patches": max(1, len(plan.windows))}
+        plan = self.plan(h, w)
+        self.last_stats = {"tiling": plan.mode, "pixels": h * w, "pixels_computed": plan.pixels_computed,
+                           "compute_ratio": round(plan.compute_ratio, 4), "windows": len(plan.tiles),
+                           "window": [plan.window_h, plan.window_w]}
         if plan.whole_image:
             return self.runner.infer(x[None], np.ones((1, 1, h, w), np.float32))[0]
-        blender = Blender(plan, cfg.channels, cfg.scale)
+        padded = Padded(x, plan.pad)
+        assembler = Assembler(plan, cfg.channels, cfg.scale)
         size = self.tile_batch or self.runner.static_batch or DEFAULT_TILE_BATCH
-        for group in batches(plan.windows, size):
-            xs, valid = extract(x, plan, group)
-            blender.add(self.runner.infer(xs, valid), group)
-        return blender.result()
+        for group in batches(plan.tiles, size):
+            xs, valid = padded.windows(plan, group)
+            assembler.add(self.runner.infer(xs, valid), group)
+        return assembler.result()

@@ -1,86 +1,206 @@
-"""Host-side tiling in numpy: cut an image into the engine's patches and blend the results back.
+"""Host-side tiling in numpy: cut an image into the engine's patches and put the results together.
 
-``reference``: exactly the reference trainer's evaluation (see :mod:`.geometry`): images with a
-side below ``4 * patch`` are one patch; larger ones are cut into overlapping reflect-padded patches,
-whose centres are blended with the trainer's weights. The ``valid`` mask that goes with each
-patch marks real image pixels, so the skip conv sees zeros beyond the image as in the reference.
+Every plan is a list of equally sized windows (one engine batch item each, so windows batch
+together), the part of each window that is kept, and a blend weight:
 
-Images here are float32 ``[C, H, W]``; patches ``[N, C, P, P]``.
+``reference``  the reference trainer's evaluation (:mod:`.geometry`): images with a side below
+               ``4 * patch`` are one patch; larger ones are cut into overlapping patches of the
+               reflect-padded image whose centres are averaged with the trainer's weights.
+``cells``      the fast mode: non-overlapping cells, each run inside a window that adds a thin halo
+               (reflect-padded at the image border) and is pooled as one patch. It computes about
+               1.1-1.3x the image's pixels where ``reference`` computes about 2.6x.
+``exact``      dense models (no pooling): windows that hold each tile's whole receptive field and
+               stay inside the image, so tiled equals whole-image output exactly.
+
+The ``valid`` mask that goes with each window is 1 on image pixels, 0 on reflect padding: the skip
+conv sees zeros beyond the image, as on the reference's whole image.
+Images here are float32 ``[C, H, W]``; windows ``[N, C, h, w]``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from nsr_deploy.runtimes.geometry import REFERENCE_PAD, Window, reference_windows, uses_whole_image
+from nsr_deploy.runtimes.geometry import REFERENCE_PAD, reference_windows, uses_whole_image
+
+CELL_MAX = 80  # largest cell side of the ``cells`` mode (window = cell + 2 * halo)
+CELL_HALO = 3
+TILE_TARGET = 192  # tile side for exact tiling of dense models
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A window at ``(y, x)`` in image coordinates (negative: in the reflect padding); the kept part
+    is ``[ky0, ky1) x [kx0, kx1)`` in window coordinates."""
+
+    y: int
+    x: int
+    ky0: int
+    kx0: int
+    ky1: int
+    kx1: int
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Which patches to run for one image, and how to put their outputs back together."""
-
+    mode: str
     height: int
     width: int
-    patch: int
-    windows: tuple[Window, ...]  # empty: the whole image is one patch
-    pad: int = REFERENCE_PAD
+    window_h: int
+    window_w: int
+    tiles: tuple[Tile, ...]
+    overlapping: bool  # kept parts overlap: blend with weights; otherwise write straight through
 
     @property
     def whole_image(self) -> bool:
-        return not self.windows
+        return len(self.tiles) == 1 and (self.window_h, self.window_w) == (self.height, self.width) \
+            and self.tiles[0].y == 0 and self.tiles[0].x == 0
+
+    @property
+    def pad(self) -> int:
+        """Reflect padding the windows need around the image."""
+        if not self.tiles:
+            return 0
+        return max(0, max(max(-t.y, -t.x, t.y + self.window_h - self.height, t.x + self.window_w - self.width)
+                          for t in self.tiles))
 
     @property
     def pixels_computed(self) -> int:
-        if self.whole_image:
-            return self.height * self.width
-        return len(self.windows) * self.patch * self.patch
+        return len(self.tiles) * self.window_h * self.window_w
+
+    @property
+    def compute_ratio(self) -> float:
+        return self.pixels_computed / float(self.height * self.width)
+
+
+def whole_plan(height: int, width: int, mode: str) -> Plan:
+    return Plan(mode, height, width, height, width, (Tile(0, 0, 0, 0, height, width),), False)
 
 
 def reference_plan(height: int, width: int, patch: int, pooled: bool = True) -> Plan:
-    """The reference's plan. ``pooled=False`` (dense models): always the whole image."""
+    """The reference trainer's plan. ``pooled=False`` (dense models): the whole image."""
     if not pooled or uses_whole_image(height, width, patch):
-        return Plan(height, width, patch, ())
-    return Plan(height, width, patch, tuple(reference_windows(height, width, patch)))
+        return whole_plan(height, width, "reference")
+    pad = REFERENCE_PAD
+    tiles = tuple(Tile(w.y, w.x, pad, pad, patch - pad, patch - pad, w.weight)
+                  for w in reference_windows(height, width, patch))
+    return Plan("reference", height, width, patch, patch, tiles, True)
 
 
-def extract(img: np.ndarray, plan: Plan, windows: list[Window] | tuple[Window, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Patches and their ``valid`` masks for some of a plan's windows."""
-    pad, p = plan.pad, plan.patch
-    padded = np.pad(img, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
-    xs = np.empty((len(windows), img.shape[0], p, p), np.float32)
-    valid = np.zeros((len(windows), 1, p, p), np.float32)
-    for i, w in enumerate(windows):
-        xs[i] = padded[:, w.y + pad:w.y + pad + p, w.x + pad:w.x + pad + p]
-        y0, x0 = max(0, -w.y), max(0, -w.x)
-        y1, x1 = min(p, plan.height - w.y), min(p, plan.width - w.x)
-        valid[i, :, y0:y1, x0:x1] = 1.0
-    return xs, valid
+def _splits(size: int, cell_max: int) -> list[tuple[int, int]]:
+    """``size`` cut into equal-as-possible cells no longer than ``cell_max``."""
+    n = max(1, math.ceil(size / cell_max))
+    cuts = [round(i * size / n) for i in range(n + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
-class Blender:
-    """Accumulates patch outputs (at output resolution) into the weighted average."""
+def cells_plan(height: int, width: int, patch: int, cell_max: int = CELL_MAX, halo: int = CELL_HALO) -> Plan:
+    """Non-overlapping cells with a ``halo`` of context, each pooled as one patch.
+
+    Images the reference pools whole (a side below ``4 * patch``) stay whole: that is the
+    reference's own result and computes each pixel once.
+    """
+    if uses_whole_image(height, width, patch):
+        return whole_plan(height, width, "cells")
+    rows, cols = _splits(height, cell_max), _splits(width, cell_max)
+    ch = max(b - a for a, b in rows)
+    cw = max(b - a for a, b in cols)
+    tiles = []
+    for y0, y1 in rows:
+        for x0, x1 in cols:
+            # every window is (ch + 2 halo) x (cw + 2 halo); shorter cells keep their top-left
+            tiles.append(Tile(y0 - halo, x0 - halo, halo, halo, halo + y1 - y0, halo + x1 - x0))
+    return Plan("cells", height, width, ch + 2 * halo, cw + 2 * halo, tuple(tiles), False)
+
+
+def exact_plan(height: int, width: int, radius: int, tile: int = TILE_TARGET) -> Plan:
+    """Dense models: tiles whose windows hold the whole receptive field, clamped inside the image
+    (so the convs zero-pad exactly where the whole image would). Equal to the whole-image result."""
+    if height <= tile + 2 * radius and width <= tile + 2 * radius:
+        return whole_plan(height, width, "exact")
+    rows, cols = _splits(height, tile), _splits(width, tile)
+    wh = min(height, max(b - a for a, b in rows) + 2 * radius)
+    ww = min(width, max(b - a for a, b in cols) + 2 * radius)
+    tiles = []
+    for y0, y1 in rows:
+        wy = min(max(0, y0 - radius), height - wh)
+        for x0, x1 in cols:
+            wx = min(max(0, x0 - radius), width - ww)
+            tiles.append(Tile(wy, wx, y0 - wy, x0 - wx, y1 - wy, x1 - wx))
+    return Plan("exact", height, width, wh, ww, tuple(tiles), False)
+
+
+def make_plan(mode: str, height: int, width: int, patch: int, sparse: bool, radius: int) -> Plan:
+    if not sparse:  # no pooling: every mode is the exact whole-image result, tiled to bound memory
+        return exact_plan(height, width, radius)
+    if mode == "reference":
+        return reference_plan(height, width, patch)
+    if mode == "cells":
+        return cells_plan(height, width, patch)
+    raise ValueError(f"unknown tiling {mode!r}")
+
+
+class Padded:
+    """The image reflect-padded once, for cutting windows (reflect beyond twice the size: edge)."""
+
+    def __init__(self, img: np.ndarray, pad: int):
+        self.pad = pad
+        h, w = img.shape[1:]
+        if pad == 0:
+            self.data = img
+        elif pad < h and pad < w:
+            self.data = np.pad(img, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+        else:  # tiny images: reflect cannot reach that far
+            self.data = np.pad(img, ((0, 0), (pad, pad), (pad, pad)), mode="symmetric")
+
+    def windows(self, plan: Plan, tiles) -> tuple[np.ndarray, np.ndarray]:
+        p, wh, ww = self.pad, plan.window_h, plan.window_w
+        c = self.data.shape[0]
+        xs = np.empty((len(tiles), c, wh, ww), np.float32)
+        valid = np.zeros((len(tiles), 1, wh, ww), np.float32)
+        for i, t in enumerate(tiles):
+            xs[i] = self.data[:, t.y + p:t.y + p + wh, t.x + p:t.x + p + ww]
+            y0, x0 = max(0, -t.y), max(0, -t.x)
+            y1, x1 = min(wh, plan.height - t.y), min(ww, plan.width - t.x)
+            valid[i, :, y0:y1, x0:x1] = 1.0
+        return xs, valid
+
+
+class Assembler:
+    """Puts window outputs (at output resolution) together: straight writes, or a weighted mean
+    where kept parts overlap (the reference's blending)."""
 
     def __init__(self, plan: Plan, channels: int, scale: int):
         self.plan, self.scale = plan, scale
-        self.sum = np.zeros((channels, plan.height * scale, plan.width * scale), np.float32)
-        self.weight = np.zeros((1, plan.height * scale, plan.width * scale), np.float32)
+        shape = (channels, plan.height * scale, plan.width * scale)
+        self.out = np.zeros(shape, np.float32)
+        self.weight = np.zeros((1, *shape[1:]), np.float32) if plan.overlapping else None
 
-    def add(self, outputs: np.ndarray, windows) -> None:
-        s, r = self.scale, self.plan.pad * self.scale
-        core = (self.plan.patch - 2 * self.plan.pad) * s
-        for out, w in zip(outputs, windows):
-            oy, ox = (w.y + self.plan.pad) * s, (w.x + self.plan.pad) * s
-            self.sum[:, oy:oy + core, ox:ox + core] += np.float32(w.weight) * out[:, r:r + core, r:r + core]
-            self.weight[:, oy:oy + core, ox:ox + core] += np.float32(w.weight)
+    def add(self, outputs: np.ndarray, tiles) -> None:
+        s = self.scale
+        for out, t in zip(outputs, tiles):
+            src = out[:, t.ky0 * s:t.ky1 * s, t.kx0 * s:t.kx1 * s]
+            oy, ox = (t.y + t.ky0) * s, (t.x + t.kx0) * s
+            dst = (slice(None), slice(oy, oy + src.shape[1]), slice(ox, ox + src.shape[2]))
+            if self.weight is None:
+                self.out[dst] = src
+            else:
+                self.out[dst] += np.float32(t.weight) * src
+                self.weight[dst] += np.float32(t.weight)
 
     def result(self) -> np.ndarray:
-        return self.sum / self.weight
+        if self.weight is not None:
+            np.divide(self.out, self.weight, out=self.out)
+            self.weight = None
+        return self.out
 
 
-def batches(windows, size: int) -> Iterator[list[Window]]:
-    windows = list(windows)
-    for i in range(0, len(windows), size):
-        yield windows[i:i + size]
+def batches(tiles, size: int) -> Iterator[list[Tile]]:
+    tiles = list(tiles)
+    for i in range(0, len(tiles), size):
+        yield tiles[i:i + size]
