@@ -101,7 +101,7 @@ def inspect(checkpoint, model_name, image_mean, patch_size, as_json):
         click.echo(f"{key:<{width}}  {value}")
 
 
-TARGETS = ("onnx", "openvino", "tensorrt", "all")
+TARGETS = ("onnx", "openvino", "tensorrt", "triton", "all")
 
 
 @main.command()
@@ -111,8 +111,10 @@ TARGETS = ("onnx", "openvino", "tensorrt", "all")
                    "'all' builds every target this machine can build.")
 @click.option("--output", "-o", "out", type=click.Path(file_okay=False), default="out", show_default=True,
               help="Output folder (written atomically).")
-@click.option("--conv-form", type=click.Choice(["grouped", "matmul", "dense-mix"]), default="grouped",
-              show_default=True, help="How the per-patch convolution is expressed in the graph.")
+@click.option("--conv-form", type=click.Choice(["auto", "grouped", "matmul", "dense-mix", "nchwc"]), default="auto",
+              show_default=True,
+              help="How the per-patch convolution is expressed in the graph. auto: time every form that "
+                   "passes parity on this machine and keep the fastest (nchwc is ONNX Runtime on x86 only).")
 @click.option("--patch-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Patches per engine call (fixed for the 'grouped' form).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13-20).")
@@ -185,8 +187,14 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
 @click.option("--tile-batch", type=click.IntRange(min=1), default=None, help="Patches per engine call.")
 @click.option("--suffix", default=None, help="Output file suffix, e.g. .png (default: the input's).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON report on stdout.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Restore on a Ray cluster, one engine per actor; outputs that exist are skipped (resume). "
+                   "Alone (put it after the inputs): a local cluster on loopback; or an address: auto, "
+                   "host:6379, ray://host:10001.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Ray actors (with --ray; default 2), each running --threads threads (default 1).")
 @user_errors
-def restore(inputs, model, output, backend, tiling, threads, tile_batch, suffix, as_json):
+def restore(inputs, model, output, backend, tiling, threads, tile_batch, suffix, as_json, ray_address, workers):
     """Restore (upscale / denoise / deblock) images with an exported engine."""
     from tqdm import tqdm
 
@@ -197,6 +205,13 @@ def restore(inputs, model, output, backend, tiling, threads, tile_batch, suffix,
     if suffix and not suffix.startswith("."):
         suffix = "." + suffix
     jobs = plan_jobs(list(inputs), output, suffix)
+    if workers and ray_address is None:
+        raise NSRError("--workers needs --ray")
+    if ray_address is not None:
+        from nsr_deploy.runtimes.ray_restore import restore_command
+
+        sys.exit(restore_command(jobs, model or DEFAULT_MODEL, backend, threads, tiling, tile_batch, workers,
+                                 ray_address, as_json))
     engine = load(model or DEFAULT_MODEL, backend=backend, threads=threads, tiling=tiling, tile_batch=tile_batch)
     outcomes = []
     with engine:
@@ -224,6 +239,41 @@ def restore(inputs, model, output, backend, tiling, threads, tile_batch, suffix,
         click.echo(f"{len(outcomes) - len(failed)} restored, {len(failed)} failed ({runner['backend']}, {tiling})")
     if failed:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@user_errors
+def models(as_json):
+    """The bundled default models, with their measured quality."""
+    from nsr_deploy.assets import ASSETS, DEFAULT_MODEL, bundled_description, bundled_names
+    from nsr_deploy.config import NSRConfig
+
+    rows = []
+    for name in bundled_names():
+        doc = bundled_description(name)
+        cfg = NSRConfig.from_dict(doc["config"])
+        meta = doc.get("meta", {})
+        rows.append({"name": name, "default": name == DEFAULT_MODEL, "task": cfg.task,
+                     "degradation": meta.get("degradation"), "model": cfg.kind, "channels": cfg.channels,
+                     "blocks": cfg.num_blocks, "units": cfg.units, "k": cfg.groups, "d": cfg.cardinals,
+                     "parameters": cfg.parameter_count(), "mflops_per_pixel": round(cfg.flops_per_pixel() / 1e6, 3),
+                     "size_mb": round((ASSETS / f"{name}.safetensors").stat().st_size / 1e6, 2),
+                     "measured": meta.get("measured", []), "training": meta.get("training", {})})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no bundled models in this installation")
+        return
+    for r in rows:
+        star = " (default)" if r["default"] else ""
+        click.echo(f"{r['name']}{star}: {r['task']}, {r['degradation']}; {r['model']} {r['blocks']}x{r['units']}, "
+                   f"k={r['k']} d={r['d']}, {r['parameters']:,} parameters ({r['size_mb']} MB), "
+                   f"{r['mflops_per_pixel']} MFLOPs/pixel")
+        for m in r["measured"]:
+            click.echo(f"    {m['dataset']:<12} {m['metric']:<7} model {m['model']:.2f}  "
+                       f"{m['baseline_name']} {m['baseline']:.2f}  (+{m['model'] - m['baseline']:.2f})")
 
 
 def _register_subcommands() -> None:

@@ -48,16 +48,30 @@ CONFIGS = [
 ]
 
 
-# Dense models have no sparse conv: one form covers them.
+def nchwc_ok(cfg):
+    from nsr_deploy.exporters.nchwc import mlas_block_size, unsupported_reason
+
+    return unsupported_reason(cfg, mlas_block_size()) is None
+
+
+NCHWC_CONFIGS = [  # widths that are multiples of any NCHWc block size (8 or 16)
+    NSRConfig(channels=3, scale=2, num_blocks=2, units=16, block_width=32, groups=4, cardinals=16),
+    NSRConfig(channels=1, scale=3, num_blocks=1, units=16, block_width=16, groups=1, cardinals=1),
+    NSRConfig.create(channels=1, scale=1, num_blocks=1, units=16, width_multiplier=2, sparse=False),
+]
+# Dense models have no sparse conv: one portable form covers them.
 CASES = [(form, cfg) for cfg in CONFIGS for form in (["grouped", "matmul", "dense-mix"] if cfg.sparse else ["grouped"])]
+CASES += [("nchwc", cfg) for cfg in NCHWC_CONFIGS]
 
 
 @pytest.mark.parametrize("form,cfg", CASES,
                          ids=[f"{f}-{c.kind}-x{c.scale}-c{c.channels}-k{c.groups}-d{c.cardinals}" for f, c in CASES])
 def test_every_form_reproduces_the_reference(tmp_path, form, cfg):
+    if form == "nchwc" and not nchwc_ok(cfg):
+        pytest.skip("this machine's ONNX Runtime has no NCHWc kernels")
     loaded = make_loaded(cfg)
     batch = 3
-    model = onnx_exporter.build_onnx(loaded, form, batch if form == "grouped" else None)
+    model = onnx_exporter.build_onnx(loaded, form, batch if form in ("grouped", "nchwc") else None)
     path = tmp_path / "m.onnx"
     path.write_bytes(model.SerializeToString())
     size = 20
@@ -90,16 +104,18 @@ def _reaches(graph, name, op_type, producers, depth=12):
     return False
 
 
-@pytest.mark.parametrize("form", ["grouped", "matmul"])
+@pytest.mark.parametrize("form", ["grouped", "matmul", "nchwc"])
 def test_only_the_per_patch_conv_has_runtime_weights_and_mixing_is_matmul(form):
     cfg = CONFIGS[0]
-    model = onnx_exporter.build_onnx(make_loaded(cfg), form, 4 if form == "grouped" else None)
+    if form == "nchwc" and not nchwc_ok(cfg):
+        pytest.skip("this machine's ONNX Runtime has no NCHWc kernels")
+    model = onnx_exporter.build_onnx(make_loaded(cfg), form, 4 if form in ("grouped", "nchwc") else None)
     g = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     producers = _producers(g)
     n_sparse = 2 * cfg.num_blocks
     runtime_conv_weights = [n for n in g.node if n.op_type in ("Conv", "Gemm") and n.input[1] not in inits]
-    if form == "grouped":
+    if form in ("grouped", "nchwc"):
         assert len(runtime_conv_weights) == n_sparse
         for node in runtime_conv_weights:
             assert node.op_type == "Conv"
@@ -190,3 +206,20 @@ def test_cli_export_refuses_to_overwrite(tmp_path):
     assert (out / "model.onnx").read_bytes() == first
     assert _cli("export", str(ckpt), "-o", str(out), "--force").returncode == 0
     assert (out / "model.onnx").read_bytes() != first  # replaced by the grouped form
+
+
+def test_auto_picks_a_form_that_passes_parity(tmp_path):
+    loaded = make_loaded(NCHWC_CONFIGS[0])
+    m = onnx_exporter.export_onnx(loaded, tmp_path / "auto", "auto", 4, show_progress=False)
+    target = m["targets"]["onnx"]
+    report = target["auto"]["candidates"]
+    assert set(report) == set(onnx_exporter.ONNX_FORMS)
+    ok = {f: r["ms"] for f, r in report.items() if r["status"] == "ok"}
+    assert target["conv_form"] == min(ok, key=ok.get)  # the fastest of those that passed
+    assert m["parity"]["onnxruntime/fp32"]["passed"]
+    assert target["portable"] == (target["conv_form"] != "nchwc")
+    with OrtRunner(str(tmp_path / "auto" / "model.onnx")) as runner:
+        x = reference_patches(NCHWC_CONFIGS[0], 4, 16)
+        with torch.no_grad():
+            want = loaded.net(torch.from_numpy(x)).numpy()
+        assert np.abs(runner.infer(x, np.ones((4, 1, 16, 16), np.float32)) - want).max() <= 1e-4

@@ -2,6 +2,11 @@
 
 Writes ``OUT/model.onnx`` and ``OUT/nsr.json`` atomically (a temp folder renamed into place only
 after every gate passed). The same inputs give byte-identical model files.
+
+Conv forms: the portable ``grouped``, ``matmul``, ``dense-mix`` (traced from the deploy rewrite) and
+the ONNX-Runtime-only ``nchwc`` (written directly in ORT's blocked layout, see :mod:`.nchwc`).
+``auto`` builds every candidate, checks its parity, times it in ONNX Runtime on this machine and
+keeps the fastest; the timings go into the manifest.
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ OPSETS = range(13, 21)  # Softmax over one axis from 13; the legacy exporter sto
 DEFAULT_OPSET = 17
 DEFAULT_PATCH_BATCH = 16
 MODEL_FILE = "model.onnx"
+ONNX_FORMS = (*CONV_FORMS, "nchwc")
+FORM_CHOICES = (*ONNX_FORMS, "auto")
+STATIC_FORMS = (*STATIC_BATCH_FORMS, "nchwc")
 
 
 def check_options(conv_form: str, patch_batch: int | None, opset: int) -> None:
-    if conv_form not in CONV_FORMS:
-        raise NSRError(f"unknown conv form {conv_form!r} (choose from {', '.join(CONV_FORMS)})")
+    if conv_form not in FORM_CHOICES:
+        raise NSRError(f"unknown conv form {conv_form!r} (choose from {', '.join(FORM_CHOICES)})")
     if opset not in OPSETS:
         raise NSRError(f"unsupported opset {opset} (supported: {OPSETS.start}-{OPSETS.stop - 1})")
     if patch_batch is not None and patch_batch < 1:
@@ -35,21 +43,59 @@ def check_options(conv_form: str, patch_batch: int | None, opset: int) -> None:
 def dynamic_axes(conv_form: str) -> dict:
     spatial = {2: "height", 3: "width"}
     out_spatial = {2: "out_height", 3: "out_width"}
-    if conv_form in STATIC_BATCH_FORMS:
+    if conv_form in STATIC_FORMS:
         return {"x": dict(spatial), "valid": dict(spatial), "y": dict(out_spatial)}
     return {"x": {0: "batch", **spatial}, "valid": {0: "batch", **spatial}, "y": {0: "batch", **out_spatial}}
 
 
 def build_onnx(loaded, conv_form: str, patch_batch: int | None, opset: int = DEFAULT_OPSET,
                stages: Stages | None = None):
-    """The simplified, fully checked ONNX model of the patch network."""
+    """The checked ONNX model of the patch network in ``conv_form`` (traced forms: simplified too)."""
+    if conv_form == "nchwc":
+        return _build_nchwc(loaded, patch_batch or DEFAULT_PATCH_BATCH, opset, stages or Stages([], show=False))
+    return _build_traced(loaded, conv_form, patch_batch, opset, stages or Stages([], show=False))
+
+
+def _finish(model, loaded, conv_form: str, patch_batch: int | None, full_check: bool = True):
+    """Producer, doc and the I/O contract inside the file (a bare model.onnx is self-describing)."""
+    import onnx
+
+    from nsr_deploy import __version__
+
+    cfg = loaded.config
+    model.producer_name = "nsr-deploy"
+    model.producer_version = __version__
+    model.doc_string = f"{cfg.kind} {cfg.task}, conv form {conv_form}"
+    contract = base_manifest(loaded, conv_form, patch_batch, dynamic_axes(conv_form))
+    props = {p.key: p.value for p in model.metadata_props}
+    props["nsr_manifest"] = json.dumps(contract, sort_keys=True)
+    onnx.helper.set_model_props(model, props)
+    try:
+        onnx.checker.check_model(model, full_check=full_check)
+    except onnx.checker.ValidationError as e:
+        raise NSRError(f"the exported ONNX model fails the checker: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def _build_nchwc(loaded, patch_batch: int, opset: int, stages: Stages):
+    from nsr_deploy.exporters.nchwc import build_nchwc_onnx, mlas_block_size, unsupported_reason
+
+    with stages.stage("rewrite"):
+        block = mlas_block_size()
+        why = unsupported_reason(loaded.config, block)
+        if why:
+            raise NSRError(f"conv form 'nchwc' is not available here: {why}")
+        model = build_nchwc_onnx(loaded, patch_batch, block, opset)
+    with stages.stage("check"):
+        # ORT-internal ops have no public schema: the structural check runs, shape inference cannot
+        return _finish(model, loaded, "nchwc", patch_batch, full_check=False)
+
+
+def _build_traced(loaded, conv_form: str, patch_batch: int | None, opset: int, stages: Stages):
     import onnx
     import onnxsim
     import torch
 
-    from nsr_deploy import __version__
-
-    stages = stages or Stages([], show=False)
     cfg = loaded.config
     static = conv_form in STATIC_BATCH_FORMS
     with stages.stage("rewrite"):
@@ -71,17 +117,7 @@ def build_onnx(loaded, conv_form: str, patch_batch: int | None, opset: int = DEF
             raise NSRError("onnxsim could not validate the simplified model")
         _assert_dynamic_kept(model, dynamic_axes(conv_form))
     with stages.stage("check"):
-        model.producer_name = "nsr-deploy"
-        model.producer_version = __version__
-        model.doc_string = f"{cfg.kind} {cfg.task}, conv form {conv_form}"
-        # The I/O contract travels inside the file too, so a bare model.onnx is self-describing.
-        contract = base_manifest(loaded, conv_form, patch_batch, dynamic_axes(conv_form))
-        onnx.helper.set_model_props(model, {"nsr_manifest": json.dumps(contract, sort_keys=True)})
-        try:
-            onnx.checker.check_model(model, full_check=True)
-        except onnx.checker.ValidationError as e:
-            raise NSRError(f"the exported ONNX model fails the checker: {str(e).splitlines()[0]}") from None
-    return model
+        return _finish(model, loaded, conv_form, patch_batch)
 
 
 def _assert_dynamic_kept(model, axes: dict) -> None:
@@ -123,7 +159,7 @@ def default_sample(channels: int) -> tuple[np.ndarray, str]:
 
 
 NAME = "onnx"
-STAGES = ["rewrite", "trace", "simplify", "check", "parity"]
+STAGES = ["choose", "rewrite", "trace", "simplify", "check", "parity"]
 
 
 def unavailable() -> str | None:
@@ -135,6 +171,57 @@ def unavailable() -> str | None:
     return None
 
 
+def candidate_forms() -> list[str]:
+    """Forms worth timing for ``auto``: every portable form, plus ``nchwc`` where ORT has it."""
+    return list(ONNX_FORMS)
+
+
+def time_runner(runner, channels: int, batch: int, size: int, repeats: int = 3) -> float:
+    """Median milliseconds of one call on ``batch`` patches of ``size``x``size`` (after a warm-up)."""
+    import time
+
+    from nsr_deploy.bench.parity import random_patches
+
+    x = random_patches(channels, batch, size, seed=7)
+    valid = np.ones((batch, 1, size, size), np.float32)
+    runner.infer(x, valid)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        runner.infer(x, valid)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def choose_form(loaded, batch: int, opset: int, threads: int | None, scratch: Path) -> tuple[str, dict]:
+    """Build, parity-check and time every candidate in ONNX Runtime; the fastest that passes wins."""
+    from nsr_deploy.bench.parity import FP32_MAX_ABS, patch_parity
+    from nsr_deploy.runtimes.ort_runner import OrtRunner
+
+    cfg = loaded.config
+    report: dict[str, dict] = {}
+    for form in candidate_forms():
+        try:
+            model = build_onnx(loaded, form, batch if form in STATIC_FORMS else None, opset)
+        except NSRError as e:
+            report[form] = {"status": "unavailable", "why": str(e)}
+            continue
+        path = scratch / f"candidate-{form}.onnx"
+        path.write_bytes(model.SerializeToString())
+        with OrtRunner(str(path), threads) as runner:
+            check = patch_parity(loaded.net, runner, batch, cfg.patch_size, FP32_MAX_ABS)
+            if not check.passed:
+                report[form] = {"status": "failed parity", "max_abs": check.as_dict()["max_abs"]}
+                continue
+            report[form] = {"status": "ok", "ms": round(time_runner(runner, cfg.channels, batch, cfg.patch_size), 2)}
+        path.unlink()
+    timed = {f: r["ms"] for f, r in report.items() if r["status"] == "ok"}
+    if not timed:
+        raise NSRError("no conv form passed the parity gate in ONNX Runtime")
+    return min(timed, key=timed.get), {"workload": f"{batch} patches of {cfg.patch_size}x{cfg.patch_size}",
+                                       "threads": threads, "candidates": report}
+
+
 def build(ctx) -> None:
     """Pipeline step: ``model.onnx`` into ``ctx.folder``, gated; starts the manifest."""
     from nsr_deploy.bench.parity import FP32_MAX_ABS
@@ -142,9 +229,13 @@ def build(ctx) -> None:
 
     opts, loaded = ctx.options, ctx.loaded
     check_options(opts.conv_form, opts.patch_batch, opts.opset)
-    static = opts.conv_form in STATIC_BATCH_FORMS
-    batch = (opts.patch_batch or DEFAULT_PATCH_BATCH) if static else None
-    model = build_onnx(loaded, opts.conv_form, batch, opts.opset, ctx.stages)
+    form, auto = opts.conv_form, None
+    batch_for_static = opts.patch_batch or DEFAULT_PATCH_BATCH
+    if form == "auto":
+        with ctx.stages.stage("choose"):
+            form, auto = choose_form(loaded, batch_for_static, opts.opset, opts.threads, ctx.scratch)
+    batch = batch_for_static if form in STATIC_FORMS else None
+    model = build_onnx(loaded, form, batch, opts.opset, ctx.stages)
     data = model.SerializeToString()
     (ctx.folder / MODEL_FILE).write_bytes(data)
     with ctx.stages.stage("parity"):
@@ -154,13 +245,28 @@ def build(ctx) -> None:
         worst = max(parity["checks"], key=lambda c: c["max_abs"])
         raise NSRError(f"parity gate failed: ONNX Runtime vs PyTorch reference max abs diff "
                        f"{worst['max_abs']:.3g} > {FP32_MAX_ABS:g} ({worst['check']}); nothing written")
-    manifest = base_manifest(loaded, opts.conv_form, batch, dynamic_axes(opts.conv_form))
+    manifest = base_manifest(loaded, form, batch, dynamic_axes(form))
     manifest["opset"] = opts.opset
-    manifest["targets"] = {"onnx": {"file": MODEL_FILE, "sha256": sha256_bytes(data), "precision": "fp32",
-                                    "runtime": "onnxruntime"}}
+    target = {"file": MODEL_FILE, "sha256": sha256_bytes(data), "precision": "fp32", "runtime": "onnxruntime",
+              "conv_form": form, "static_batch": batch, "portable": form != "nchwc"}
+    if form == "nchwc":
+        target["nchwc_block"] = int({p.key: p.value for p in model.metadata_props}["nsr_nchwc_block"])
+        target["note"] = ("ONNX Runtime on x86 only (internal com.microsoft.nchwc ops); the block size must match "
+                          "the machine's; other runtimes get a portable form")
+    if auto:
+        target["auto"] = auto
+    manifest["targets"] = {"onnx": target}
     manifest["tools"] = tool_versions("torch", "onnx", "onnxsim", "onnxruntime")
     manifest["parity"] = {"onnxruntime/fp32": parity}
     ctx.manifest.update(manifest)
+
+
+def build_portable(loaded, folder: Path, patch_batch: int | None, opset: int, form: str = "grouped") -> Path:
+    """A portable ONNX model (for lowering into other runtimes) when model.onnx is ORT-only."""
+    batch = (patch_batch or DEFAULT_PATCH_BATCH) if form in STATIC_FORMS else None
+    path = folder / f"portable-{form}.onnx"
+    path.write_bytes(build_onnx(loaded, form, batch, opset).SerializeToString())
+    return path
 
 
 def export_onnx(loaded, out: str | Path, conv_form: str = "grouped", patch_batch: int | None = DEFAULT_PATCH_BATCH,

@@ -11,6 +11,7 @@ A target module (``nsr_deploy.exporters.<name>``) provides::
 from __future__ import annotations
 
 import importlib
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,11 @@ TARGET_MODULES = {
     "onnx": "nsr_deploy.exporters.onnx",
     "openvino": "nsr_deploy.exporters.openvino",
     "tensorrt": "nsr_deploy.exporters.tensorrt",
+    "triton": "nsr_deploy.exporters.triton",
 }
+# Targets that lay out the engines built before them (a folder layout, not an engine): never part of
+# ``all``; they build every engine target this machine can build, skipping (with why) the others.
+PACKAGING_TARGETS = {"triton": ("onnx", "openvino", "tensorrt")}
 
 
 @dataclass
@@ -47,11 +52,22 @@ class ExportContext:
     folder: Path  # the temp folder that becomes OUT
     options: ExportOptions
     stages: Stages
+    scratch: Path  # working files that are not shipped (candidate models, portable copies)
     manifest: dict = field(default_factory=dict)
+    _portable: Path | None = None
 
     @property
     def onnx_path(self) -> Path:
-        return self.folder / self.manifest["targets"]["onnx"]["file"]
+        """The parity-checked ONNX model to lower into other runtimes: ``model.onnx`` when it is
+        portable, else (an ORT-only ``nchwc`` model.onnx) a portable twin built on first use."""
+        info = self.manifest["targets"]["onnx"]
+        if info.get("portable", True):
+            return self.folder / info["file"]
+        if self._portable is None:
+            from nsr_deploy.exporters.onnx import build_portable
+
+            self._portable = build_portable(self.loaded, self.scratch, self.options.patch_batch, self.options.opset)
+        return self._portable
 
 
 def target_module(name: str):
@@ -66,8 +82,13 @@ def target_module(name: str):
 
 
 def resolve_targets(target: str) -> tuple[list[str], dict[str, str]]:
-    """Targets to build, and the ones skipped (with why) for ``all``."""
-    names = list(TARGET_MODULES) if target == "all" else [target]
+    """Targets to build, and the ones skipped (with why) for ``all`` or a packaging target."""
+    if target == "all":
+        names = [n for n in TARGET_MODULES if n not in PACKAGING_TARGETS]
+        optional = set(names)
+    else:
+        optional = set(PACKAGING_TARGETS.get(target, ()))
+        names = [*PACKAGING_TARGETS.get(target, ()), target]  # packaging runs last, on what was built
     chosen, skipped = [], {}
     for name in names:
         try:
@@ -76,7 +97,7 @@ def resolve_targets(target: str) -> tuple[list[str], dict[str, str]]:
             why = str(e)
         if why is None:
             chosen.append(name)
-        elif target == "all":
+        elif name in optional:
             skipped[name] = why
         else:
             raise BackendUnavailable(f"cannot build target {name!r} here: {why}")
@@ -91,9 +112,9 @@ def export(loaded, out: str | Path, target: str = "onnx", options: ExportOptions
     targets, skipped = resolve_targets(target)
     modules = [target_module(t) for t in targets]
     stage_names = [s for m in modules for s in getattr(m, "STAGES", [m.NAME])]
-    with atomic_output(out, options.force) as tmp:
+    with atomic_output(out, options.force) as tmp, tempfile.TemporaryDirectory(prefix="nsr-export-") as scratch:
         stages = Stages(stage_names, options.show_progress)
-        ctx = ExportContext(loaded, tmp, options, stages)
+        ctx = ExportContext(loaded, tmp, options, stages, Path(scratch))
         try:
             for module in modules:
                 module.build(ctx)

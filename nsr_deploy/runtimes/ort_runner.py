@@ -48,6 +48,20 @@ class OrtRunner(Runner):
             raise NSRError(f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
         shape = self.session.get_inputs()[0].shape
         self.static_batch = shape[0] if isinstance(shape[0], int) else None
+        self._check_nchwc_block()
+
+    def _check_nchwc_block(self) -> None:
+        """An ``nchwc`` model's filters are laid out for one NCHWc block size: refuse another."""
+        want = self.session.get_modelmeta().custom_metadata_map.get("nsr_nchwc_block")
+        if want is None:
+            return
+        from nsr_deploy.runtimes.nchwc_probe import mlas_block_size
+
+        have = mlas_block_size()
+        if int(want) != have:
+            self.session = None
+            raise NSRError(f"{self.path}: exported in the 'nchwc' conv form for NCHWc block {want}, but this "
+                           f"machine's ONNX Runtime uses {have or 'none'}; re-export with a portable --conv-form")
 
     def _deactivate(self) -> None:
         self.session = None
