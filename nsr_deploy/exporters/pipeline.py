@@ -53,8 +53,9 @@ class ExportContext:
     options: ExportOptions
     stages: Stages
     scratch: Path  # working files that are not shipped (candidate models, portable copies)
+    targets: list[str] = field(default_factory=list)  # every target this run builds
     manifest: dict = field(default_factory=dict)
-    _portable: Path | None = None
+    _portable: dict = field(default_factory=dict)
 
     @property
     def onnx_path(self) -> Path:
@@ -63,11 +64,19 @@ class ExportContext:
         info = self.manifest["targets"]["onnx"]
         if info.get("portable", True):
             return self.folder / info["file"]
-        if self._portable is None:
+        return self.onnx_for("grouped")
+
+    def onnx_for(self, form: str) -> Path:
+        """The ONNX model in conv form ``form`` (``model.onnx`` if it is that form; else built once)."""
+        info = self.manifest["targets"]["onnx"]
+        if info.get("conv_form") == form:
+            return self.folder / info["file"]
+        if form not in self._portable:
             from nsr_deploy.exporters.onnx import build_portable
 
-            self._portable = build_portable(self.loaded, self.scratch, self.options.patch_batch, self.options.opset)
-        return self._portable
+            self._portable[form] = build_portable(self.loaded, self.scratch, self.options.patch_batch,
+                                                  self.options.opset, form)
+        return self._portable[form]
 
 
 def target_module(name: str):
@@ -111,10 +120,12 @@ def export(loaded, out: str | Path, target: str = "onnx", options: ExportOptions
     options = options or ExportOptions()
     targets, skipped = resolve_targets(target)
     modules = [target_module(t) for t in targets]
+    for module in modules:  # refuse options a target cannot honour before any work is done
+        getattr(module, "validate_options", lambda _: None)(options)
     stage_names = [s for m in modules for s in getattr(m, "STAGES", [m.NAME])]
     with atomic_output(out, options.force) as tmp, tempfile.TemporaryDirectory(prefix="nsr-export-") as scratch:
         stages = Stages(stage_names, options.show_progress)
-        ctx = ExportContext(loaded, tmp, options, stages, Path(scratch))
+        ctx = ExportContext(loaded, tmp, options, stages, Path(scratch), targets)
         try:
             for module in modules:
                 module.build(ctx)

@@ -1,0 +1,362 @@
+"""TensorRT target: the parity-checked ONNX model -> a serialized engine (``model.engine``).
+
+    nsr-deploy export ckpt.pt --target tensorrt [--precision fp32|fp16] [--batch-profile MIN,OPT,MAX]
+                              [--workspace MiB] [--timing-cache FILE]
+
+Steps, each a pipeline stage (the export folder appears only if every one passes):
+
+``tensorrt-check``   the ONNX graph against TensorRT's documented operator support
+                     (:mod:`.tensorrt_support`): documented-unsupported nodes stop the export before
+                     TensorRT is asked; optimisation profiles from the options (:mod:`.tensorrt_profiles`).
+``tensorrt-build``   TensorRT's ONNX parser (every parser error reported, in one line), builder config:
+                     workspace limit, TF32 off (fp32 parity), FP16 on for ``fp16`` with the sparsity
+                     routing (pooling, MLP, softmax, kernel mixing) pinned to fp32, one profile per tile
+                     regime, the timing cache file loaded and written back.
+``tensorrt-parity``  the engine through :class:`~nsr_deploy.runtimes.trt_runner.TrtRunner` against the
+                     PyTorch reference: fp32 max abs <= 1e-3 (GPU convolutions sum in another order than
+                     the CPU reference); fp16 PSNR >= 40 dB against the fp32 reference on random patches
+                     and a real image, plus a 0.1 max-abs guard against isolated broken pixels.
+
+Not supported: ``int8`` (no calibrator or Q/DQ graph here; use fp16, or OpenVINO for int8).
+An engine is tied to the TensorRT version and the GPU (compute capability) that built it: the manifest
+records both and the runner names them when an engine is loaded elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nsr_deploy.errors import BackendUnavailable, NSRError
+from nsr_deploy.exporters.common import sha256_bytes
+
+NAME = "tensorrt"
+STAGES = ["tensorrt-check", "tensorrt-build", "tensorrt-parity"]
+MODEL_FILE = "model.engine"
+PRECISIONS = ("fp32", "fp16")
+MIB = 1 << 20
+
+# Parity gates (documented in the module docstring and README).
+FP32_MAX_ABS = 1e-3
+FP16_MIN_PSNR = 40.0
+FP16_MAX_ABS_GUARD = 0.1
+
+
+def unavailable() -> str | None:
+    """Building needs what running needs (the parity gate runs the engine): TensorRT >= 10 and a GPU."""
+    from nsr_deploy.runtimes.trt_runner import unavailable as runtime_unavailable
+
+    return runtime_unavailable()
+
+
+def validate_options(options) -> None:
+    """Refuse options this target cannot honour, before any work (the pipeline may call it up front)."""
+    if options.precision == "int8":
+        raise NSRError("TensorRT int8 is not supported by nsr-deploy (it needs calibration or a Q/DQ graph, "
+                       "not implemented): use --precision fp16 for TensorRT, or --target openvino --precision int8")
+    if options.precision not in PRECISIONS:
+        raise NSRError(f"TensorRT supports precisions {', '.join(PRECISIONS)}, not {options.precision!r}")
+    if options.workspace_mib < 1:
+        raise NSRError(f"--workspace must be at least 1 MiB, got {options.workspace_mib}")
+    if options.timing_cache and Path(options.timing_cache).is_dir():
+        raise NSRError(f"--timing-cache {options.timing_cache}: is a folder; give a file path")
+
+
+# -- the ONNX model handed to TensorRT --------------------------------------------------------------------
+def static_batch_of(model) -> int | None:
+    """The fixed patch batch of an ONNX model (input ``x``, axis 0), or None when it is dynamic."""
+    for value in model.graph.input:
+        if value.name == "x":
+            first = value.type.tensor_type.shape.dim[0]
+            return first.dim_value if first.HasField("dim_value") else None
+    raise NSRError("the ONNX model has no input 'x'")
+
+
+def conv_form_of(model) -> str | None:
+    """The conv form recorded in the model's own I/O contract (``nsr_manifest`` metadata)."""
+    import json
+
+    props = {p.key: p.value for p in model.metadata_props}
+    return json.loads(props.get("nsr_manifest", "{}")).get("conv_form")
+
+
+def refuse_unsupported(model, source: str) -> None:
+    """Stop, naming every node TensorRT documents as unsupported, and the conv forms to use instead."""
+    from nsr_deploy.exporters.tensorrt_support import unsupported_nodes
+
+    bad = unsupported_nodes(model)
+    if bad:
+        listed = "; ".join(f.line() for f in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise NSRError(f"{source}: {len(bad)} node(s) TensorRT cannot parse: {listed} "
+                       f"(re-export with --conv-form matmul, dense-mix or grouped)")
+
+
+# -- parser errors -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParserIssue:
+    """One error of TensorRT's ONNX parser, in plain data."""
+
+    node: int
+    node_name: str
+    op: str
+    desc: str
+
+    def line(self) -> str:
+        where = f"node {self.node}" if self.node >= 0 else "model"
+        label = " ".join(p for p in (self.node_name, f"({self.op})" if self.op else "") if p)
+        return f"{where}{' ' + label if label else ''}: {' '.join(self.desc.split())}"
+
+
+def read_parser_errors(parser) -> list[ParserIssue]:
+    """Every error the parser holds (node name / operator where this TensorRT reports them)."""
+    issues = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        name = getattr(err, "node_name", None)
+        op = getattr(err, "node_operator", None)
+        issues.append(ParserIssue(int(err.node()), str(name() if callable(name) else ""),
+                                  str(op() if callable(op) else ""), str(err.desc())))
+    return issues
+
+
+def format_parser_errors(source: str, issues: list[ParserIssue]) -> str:
+    """One line naming every parser error (the CLI prints it after ``error:``)."""
+    if not issues:
+        return f"TensorRT's ONNX parser rejected {source} without saying why"
+    listed = "; ".join(f"[{i + 1}] {issue.line()}" for i, issue in enumerate(issues))
+    return f"TensorRT's ONNX parser rejected {source} ({len(issues)} error{'s' * (len(issues) > 1)}): {listed}"
+
+
+# -- builder pieces (need tensorrt) ---------------------------------------------------------------------------
+@dataclass
+class EngineBuild:
+    engine: bytes
+    seconds: float
+    fp32_layers: list[str] = field(default_factory=list)
+    timing_cache: dict | None = None
+
+
+def attach_timing_cache(config, path: str | None) -> dict | None:
+    """Load the timing cache file into the builder config (a new one when absent or made elsewhere)."""
+    if not path:
+        return None
+    file = Path(path)
+    data = file.read_bytes() if file.exists() else b""
+    status = "reused" if data else "new"
+    try:
+        cache = config.create_timing_cache(data)
+        accepted = cache is not None and config.set_timing_cache(cache, False)
+    except Exception:  # unreadable bytes
+        accepted = False
+    if not accepted:
+        config.set_timing_cache(config.create_timing_cache(b""), False)
+        status = "replaced (the file was made by another TensorRT version or GPU, or is damaged)"
+    return {"file": str(file), "status": status, "bytes_read": len(data)}
+
+
+def save_timing_cache(config, info: dict | None) -> None:
+    """Write the (grown) timing cache back, atomically, for the next build."""
+    if info is None:
+        return
+    data = memoryview(config.get_timing_cache().serialize()).tobytes()
+    target = Path(info["file"])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, target)
+    info["bytes_written"] = len(data)
+
+
+def pin_fp32_layers(trt, network, routing) -> list[str]:
+    """fp16 builds: keep the sparsity routing in fp32 (softmax and reduce layers, and the layers that
+    produce the routing nodes' outputs). Returns the pinned layer names."""
+    pinned = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        wanted = (layer.type in (trt.LayerType.SOFTMAX, trt.LayerType.REDUCE) or layer.name in routing.nodes
+                  or any(t.name in routing.outputs for t in outputs))
+        float_outputs = [j for j, t in enumerate(outputs) if t.dtype == trt.float32]
+        if not wanted or not float_outputs:
+            continue
+        layer.precision = trt.float32
+        for j in float_outputs:
+            layer.set_output_type(j, trt.float32)
+        pinned.append(layer.name)
+    return pinned
+
+
+def add_profiles(builder, config, profiles, channels: int) -> None:
+    """One ``IOptimizationProfile`` per :class:`~.tensorrt_profiles.ShapeProfile`, in order (index = order)."""
+    for shape_profile in profiles:
+        profile = builder.create_optimization_profile()
+        for name, (low, opt, high) in shape_profile.input_shapes(channels).items():
+            profile.set_shape(name, low, opt, high)
+        if config.add_optimization_profile(profile) < 0:
+            raise NSRError(f"TensorRT refused optimisation profile {shape_profile.name!r}")
+
+
+def build_engine(onnx_bytes: bytes, source: str, profiles, channels: int, precision: str, workspace_mib: int,
+                 timing_cache: str | None, routing=None) -> EngineBuild:
+    """Parse, configure and build; raises NSRError with TensorRT's own words when any step fails."""
+    import tensorrt as trt
+
+    from nsr_deploy.runtimes.trt_logging import collecting_logger
+
+    logger = collecting_logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes):
+        raise NSRError(format_parser_errors(source, read_parser_errors(parser)))
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib * MIB)
+    config.clear_flag(trt.BuilderFlag.TF32)  # TF32 convs/matmuls would break fp32 parity
+    pinned = []
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+        pinned = pin_fp32_layers(trt, network, routing)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    add_profiles(builder, config, profiles, channels)
+    cache_info = attach_timing_cache(config, timing_cache)
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - t0
+    if serialized is None:
+        raise NSRError(f"TensorRT could not build the engine ({logger.summary()})")
+    save_timing_cache(config, cache_info)
+    return EngineBuild(memoryview(serialized).tobytes(), seconds, pinned, cache_info)
+
+
+# -- parity gates ---------------------------------------------------------------------------------------------
+def judge_fp16(gate: dict, min_psnr: float = FP16_MIN_PSNR) -> dict:
+    """fp16 passes on PSNR against the fp32 reference (>= ``min_psnr`` dB on every check), and on the
+    loose max-abs guard ``parity_gate`` already applied. ``psnr`` None means identical outputs."""
+    gate["min_psnr"] = min_psnr
+    for check in gate["checks"]:
+        psnr = check["psnr"]
+        enough = psnr is None or psnr >= min_psnr
+        check["min_psnr"] = min_psnr
+        check["passed"] = bool(check["passed"] and enough)
+        check["detail"] += f"; PSNR vs fp32 reference {psnr} dB (>= {min_psnr:g})"
+    gate["passed"] = all(c["passed"] for c in gate["checks"])
+    return gate
+
+
+def engine_gate(loaded, runner, precision: str) -> dict:
+    """The engine against the PyTorch reference, in the dict shape every target's gate uses."""
+    from nsr_deploy.exporters.onnx import parity_gate
+
+    if precision == "fp32":
+        return parity_gate(loaded, runner, FP32_MAX_ABS)
+    return judge_fp16(parity_gate(loaded, runner, FP16_MAX_ABS_GUARD))
+
+
+def gate_failure(gate: dict, precision: str) -> str:
+    """The one-line reason a gate failed."""
+    worst = max((c for c in gate["checks"] if not c["passed"]), key=lambda c: c["max_abs"])
+    limit = f"max abs {worst['max_abs']:.3g} (limit {worst['tolerance']:g})"
+    if "min_psnr" in worst:
+        limit += f", PSNR {worst['psnr']} dB (at least {worst['min_psnr']:g})"
+    return (f"parity gate failed: TensorRT {precision} vs PyTorch reference: {limit} on {worst['check']}; "
+            f"nothing written")
+
+
+# -- the pipeline step ------------------------------------------------------------------------------------------
+def build(ctx) -> None:
+    """Pipeline step: ``model.engine`` into ``ctx.folder``, gated; extends the manifest."""
+    import onnx
+
+    from nsr_deploy.exporters.tensorrt_profiles import profile_plan
+    from nsr_deploy.exporters.tensorrt_support import routing_nodes, support_summary
+
+    options, cfg = ctx.options, ctx.loaded.config
+    validate_options(options)
+    why = unavailable()
+    if why:
+        raise BackendUnavailable(f"cannot build target 'tensorrt' here: {why}")
+    ranking = None
+    if options.conv_form == "auto":  # TensorRT's own choice, by documented support and FLOPs
+        from nsr_deploy.exporters.tensorrt_support import preferred_conv_form_for
+
+        form, ranking = preferred_conv_form_for(ctx.loaded, options.patch_batch, options.opset)
+        onnx_path = Path(ctx.onnx_for(form))
+    else:
+        onnx_path = Path(ctx.onnx_path)
+    with ctx.stages.stage("tensorrt-check"):
+        model = onnx.load(str(onnx_path))
+        refuse_unsupported(model, onnx_path.name)
+        static = static_batch_of(model)
+        profiles = profile_plan(cfg, static, options.batch_profile, options.patch_batch)
+        routing = routing_nodes(model) if options.precision == "fp16" else None
+    with ctx.stages.stage("tensorrt-build"):
+        built = build_engine(onnx_path.read_bytes(), onnx_path.name, profiles, cfg.channels, options.precision,
+                             options.workspace_mib, options.timing_cache, routing)
+        path = ctx.folder / MODEL_FILE
+        path.write_bytes(built.engine)
+    with ctx.stages.stage("tensorrt-parity"):
+        gate, runtime = _run_gate(ctx, path, options.precision)
+    entry = target_entry(built, profiles, cfg.channels, options, static, conv_form_of(model), runtime)
+    entry["operator_support"] = support_summary(model)
+    if ranking is not None:
+        entry["auto"] = ranking
+    entry["onnx_source"] = "model.onnx" if onnx_path.parent == ctx.folder else \
+        f"an ONNX twin of model.onnx in the {entry['conv_form']} form (not shipped)"
+    ctx.manifest["targets"]["tensorrt"] = entry
+    ctx.manifest["tools"]["tensorrt"] = runtime["tensorrt"]
+    ctx.manifest["parity"][f"tensorrt/{options.precision}"] = gate
+
+
+def _run_gate(ctx, path: Path, precision: str) -> tuple[dict, dict]:
+    import tensorrt as trt
+
+    from nsr_deploy.runtimes.trt_runner import TrtRunner
+
+    with TrtRunner(str(path), ctx.options.threads) as runner:
+        gate = engine_gate(ctx.loaded, runner, precision)
+        if not gate["passed"]:
+            raise NSRError(gate_failure(gate, precision))
+        info = runner.device_info
+        engine = runner.engine
+        memory = getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size
+        runtime = {"tensorrt": trt.__version__, "gpu": info.name, "compute_capability": info.compute_capability,
+                   "cuda_provider": runner.device.provider, "device_memory_bytes": int(memory),
+                   "load_seconds": round(runner.load_seconds, 3)}
+    return gate, runtime
+
+
+def target_entry(built: EngineBuild, profiles, channels: int, options, static: int | None, form: str | None,
+                 runtime: dict) -> dict:
+    """The manifest's ``targets.tensorrt``: the file, where it runs, how it was built."""
+    tiles = profiles[0]
+    entry = {
+        "file": MODEL_FILE,
+        "sha256": sha256_bytes(built.engine),
+        "bytes": len(built.engine),
+        "precision": options.precision,
+        "runtime": "tensorrt",
+        "tensorrt": runtime["tensorrt"],
+        "gpu": runtime["gpu"],
+        "compute_capability": runtime["compute_capability"],
+        "portability": (f"runs only with TensorRT {runtime['tensorrt']} on a GPU of compute capability "
+                        f"{runtime['compute_capability']} (built on {runtime['gpu']}); elsewhere, re-export"),
+        "conv_form": form,
+        "static_batch": static,
+        "batch_profile": tiles.batch.as_list(),
+        "profiles": [p.as_dict(channels) for p in profiles],
+        "tf32": False,
+        "workspace_mib": options.workspace_mib,
+        "timing_cache": built.timing_cache,
+        "build_seconds": round(built.seconds, 3),
+        "device_memory_mib": round(runtime["device_memory_bytes"] / MIB, 1),
+        "cuda_provider": runtime["cuda_provider"],
+        "load_seconds": runtime["load_seconds"],
+    }
+    if options.precision == "fp16":
+        entry["fp32_layers"] = {"count": len(built.fp32_layers), "why": "sparsity routing (patch pooling, MLP, "
+                                "softmax over k, kernel mixing) kept in fp32", "layers": built.fp32_layers}
+    return entry
