@@ -1,0 +1,91 @@
+"""The bundled default models: present, small, configured as documented, and really trained."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import DATA, data_image
+from nsr_deploy.assets import ASSETS, DEFAULT_MODEL, bundled_names
+from nsr_deploy.bench.metrics import psnr
+from nsr_deploy.degrade import add_noise, bicubic_down, bicubic_up, modcrop, to_grey
+from nsr_deploy.exporters.pipeline import ExportOptions, export
+from nsr_deploy.models import load_model, reference_forward
+from nsr_deploy.runtimes import load
+
+REQUIRED = ["denoise-s25", "sr-x2"]
+
+
+def test_required_models_are_bundled_and_small():
+    assert DEFAULT_MODEL == "sr-x2"
+    assert set(REQUIRED) <= set(bundled_names())
+    for name in bundled_names():
+        assert (ASSETS / f"{name}.safetensors").stat().st_size < 2_000_000
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundled")
+    out = {}
+    for name in REQUIRED:
+        loaded = load_model(name)
+        export(loaded, root / name, "onnx", ExportOptions(conv_form="matmul", show_progress=False))
+        out[name] = (loaded, root / name)
+    return out
+
+
+def _torch_restore(net, img):
+    x = torch.from_numpy(np.asarray(img, np.float32) / (255.0 if img.dtype == np.uint8 else 1.0))
+    x = x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None]
+    y = reference_forward(net, x)[0]
+    y = y[0] if y.shape[0] == 1 else y.permute(1, 2, 0)
+    return np.clip(np.rint(y.numpy() * 255), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("index", [1, 2])  # bird, butterfly
+def test_sr_x2_beats_bicubic_through_torch_and_onnxruntime(engines, index):
+    loaded, folder = engines["sr-x2"]
+    cfg = loaded.config
+    assert (cfg.scale, cfg.channels, cfg.sparse) == (2, 3, True) and cfg.groups >= 2
+    assert loaded.meta["task"] == "sr"
+    hr = modcrop(data_image("CSet5", index), 2)
+    lr = bicubic_down(hr, 2)
+    base = psnr(bicubic_up(lr, 2), hr, shave=2)
+    with load(folder, backend="onnxruntime") as engine:
+        ort_out = engine.restore(lr)
+    torch_out = _torch_restore(loaded.net, lr)
+    assert psnr(torch_out, hr, shave=2) > base + 1.0
+    assert psnr(ort_out, hr, shave=2) > base + 1.0
+    assert np.abs(ort_out.astype(int) - torch_out.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("index", [1, 2])
+def test_denoise_s25_beats_the_noisy_input_through_torch_and_onnxruntime(engines, index):
+    loaded, folder = engines["denoise-s25"]
+    cfg = loaded.config
+    assert (cfg.scale, cfg.channels, cfg.sparse) == (1, 1, True)
+    assert loaded.meta["task"] == "noise" and loaded.meta["sigma"] == 25
+    clean = to_grey(data_image("CSet5", index))
+    noisy = add_noise(clean, 25, np.random.default_rng(index))
+    base = psnr(np.clip(noisy * 255, 0, 255), clean)
+    with load(folder, backend="onnxruntime") as engine:
+        ort_out = np.clip(np.rint(engine.restore(noisy) * 255), 0, 255)
+    torch_out = _torch_restore(loaded.net, noisy)
+    assert psnr(torch_out, clean) > base + 5.0
+    assert psnr(ort_out, clean) > base + 5.0
+
+
+def test_cells_tiling_keeps_reference_quality_on_cset5_and_cset14(engines):
+    """The fast tiling: at most 1.3x the pixels, PSNR within 0.05 dB of the reference tiling."""
+    _, folder = engines["sr-x2"]
+    for dataset in ("CSet5", "CSet14"):
+        scores = {"reference": [], "cells": []}
+        for path in sorted((DATA / dataset).iterdir()):
+            hr = modcrop(np.asarray(Image.open(path).convert("RGB")), 2)
+            lr = bicubic_down(hr, 2)
+            for mode in scores:
+                with load(folder, backend="onnxruntime", tiling=mode) as engine:
+                    scores[mode].append(psnr(engine.restore(lr), hr, shave=2))
+                    if mode == "cells":
+                        assert engine.last_stats["compute_ratio"] <= 1.3
+        assert abs(np.mean(scores["cells"]) - np.mean(scores["reference"])) <= 0.05, dataset
