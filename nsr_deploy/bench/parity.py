@@ -82,3 +82,90 @@ def image_parity(net, engine, image_chw: np.ndarray, tolerance: float = FP32_MAX
     h, w = image_chw.shape[1:]
     return ParityResult("real_image", diff, psnr_float(got, want), tolerance, diff <= tolerance,
                         f"{name} {w}x{h}, {engine.last_stats.get('windows', 1)} patches")
+
+
+def tile_parity(net, runner, image_chw: np.ndarray, tolerance: float = FP32_MAX_ABS, name: str = "image",
+                tiling: str = "reference", max_tiles: int = 16) -> ParityResult:
+    """The engine and the reference network on the *same tiles*: the windows (and ``valid`` masks) that
+    host tiling cuts from a real image, up to ``max_tiles`` of them, each pooled as one patch."""
+    import torch
+
+    from nsr_deploy.runtimes.engine import Engine
+    from nsr_deploy.runtimes.tiling import Padded
+
+    plan = Engine(runner, net.config, tiling).plan(*image_chw.shape[1:])
+    tiles = list(plan.tiles[:max_tiles])
+    x, valid = Padded(image_chw, plan.pad).windows(plan, tiles)
+    with torch.no_grad():
+        want = net.finish(net.head_tail(torch.from_numpy(x) - net.config.image_mean, torch.from_numpy(valid))).numpy()
+    got = runner.infer(x, valid)
+    diff = float(np.max(np.abs(got - want)))
+    return ParityResult("real_tiles", diff, psnr_float(got, want), tolerance, diff <= tolerance,
+                        f"{name}: {len(tiles)} {plan.window_h}x{plan.window_w} {tiling} tiles")
+
+
+def tolerance_of(precision: str) -> float:
+    """The documented max-abs tolerance of a floating-point precision."""
+    if precision == "fp32":
+        return FP32_MAX_ABS
+    if precision == "fp16":
+        return FP16_MAX_ABS
+    raise ValueError(f"no max-abs tolerance for {precision!r} (int8 is judged on the task: INT8_MAX_TASK_DROP_DB)")
+
+
+def with_min_psnr(result: ParityResult, min_psnr: float = FP16_MIN_PSNR) -> ParityResult:
+    """fp16's second condition on real images: PSNR against the fp32 reference at least ``min_psnr``."""
+    enough = result.psnr >= min_psnr  # inf (identical) passes
+    return ParityResult(result.check, result.max_abs, result.psnr, result.tolerance, result.passed and enough,
+                        result.detail + f"; PSNR >= {min_psnr:g} dB required")
+
+
+def float_parity(net, runner, precision: str, images: list[tuple[str, np.ndarray]], patches: int = 16
+                 ) -> list[ParityResult]:
+    """Every float check of one engine: random patches, the tiles of the first image, every whole image.
+
+    ``images`` are ``(name, float32 CHW in [0, 1])``. fp32 must stay within 1e-4 everywhere; fp16 within
+    5e-3, and its whole images at least 45 dB PSNR from the reference.
+    """
+    from nsr_deploy.runtimes.engine import Engine
+
+    tol = tolerance_of(precision)
+    size = net.config.patch_size
+    runner.activate()  # a fixed-batch engine says its batch once loaded
+    results = [patch_parity(net, runner, runner.static_batch or patches, size, tol)]
+    if images:
+        results.append(tile_parity(net, runner, images[0][1], tol, images[0][0]))
+    engine = Engine(runner, net.config)
+    for name, chw in images:
+        result = image_parity(net, engine, chw, tol, name)
+        results.append(with_min_psnr(result) if precision == "fp16" else result)
+    return results
+
+
+def task_drop_parity(net, engine, images: list[tuple[str, np.ndarray]], task,
+                     tolerance: float = INT8_MAX_TASK_DROP_DB, seed: int = 0) -> tuple[ParityResult, dict]:
+    """int8's criterion, judged on the task: each clean uint8 image is degraded as ``task`` says (fixed
+    seed), restored by the engine and by the fp32 reference (``reference_forward``), and both are
+    scored against ground truth (:func:`~nsr_deploy.exporters.task_quality.task_psnr`). Passes when the
+    engine's mean PSNR is at most ``tolerance`` dB below the reference's. Computed here, independently
+    of the exporter's own gate. Returns the result and its figures (PSNRs, drop)."""
+    import torch
+
+    from nsr_deploy.exporters.task_quality import degrade, task_psnr
+    from nsr_deploy.models.reference import reference_forward
+
+    rng = np.random.default_rng(seed)
+    reference, ours, worst = [], [], 0.0
+    for _, clean in images:
+        x, truth = degrade(clean, task, rng)
+        want = reference_forward(net, torch.from_numpy(x[None]))[0].numpy()
+        got = engine.restore_chw(x)
+        worst = max(worst, float(np.max(np.abs(got - want))))
+        reference.append(task_psnr(want, truth, task))
+        ours.append(task_psnr(got, truth, task))
+    p_ref, p_ours = float(np.mean(reference)), float(np.mean(ours))
+    drop = p_ref - p_ours
+    detail = (f"{task.describe()}; {len(images)} images: reference {p_ref:.2f} dB, engine {p_ours:.2f} dB, "
+              f"drop {drop:.3f} dB (<= {tolerance:g})")
+    figures = {"drop_db": round(drop, 3), "reference_psnr": round(p_ref, 3), "engine_psnr": round(p_ours, 3)}
+    return ParityResult("task_psnr_drop", worst, p_ours, tolerance, drop <= tolerance, detail), figures

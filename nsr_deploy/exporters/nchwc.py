@@ -100,14 +100,21 @@ def _sparse_conv(g: _Graph, t: str, conv, n: int, block: int, relu: bool, add: s
     bias = g.op("Slice", [mixed, g.const("i", np.array([cin * ks * ks])), g.const("i", np.array([cin * ks * ks + 1])),
                           g.const("i", np.array([2]))])
     bias = g.op("Reshape", [bias, g.const("shape", np.array([n * cout]))])
-    kern = g.op("Reshape", [kern, g.const("shape", np.array([n, cout // block, block, cin // block, block, ks, ks]))])
+    coutp = _round_up(cout, block)
+    if coutp != cout:  # pad the per-patch filters with zero outputs up to a whole block
+        pads = np.array([0, 0, 0, 0, coutp - cout, 0])
+        kern = g.op("Pad", [kern, g.const("pads", pads)])
+        bias = g.op("Pad", [g.op("Reshape", [bias, g.const("shape", np.array([n, cout]))]),
+                            g.const("pads", np.array([0, 0, 0, coutp - cout]))])
+        bias = g.op("Reshape", [bias, g.const("shape", np.array([n * coutp]))])
+    kern = g.op("Reshape", [kern, g.const("shape", np.array([n, coutp // block, block, cin // block, block, ks, ks]))])
     kern = g.op("Transpose", [kern], perm=[0, 1, 3, 5, 6, 4, 2])  # -> [N, O/B, I/B, kh, kw, Bi, Bo]
-    kern = g.op("Reshape", [kern, g.const("shape", np.array([n * cout, cin, ks, ks]))])
+    kern = g.op("Reshape", [kern, g.const("shape", np.array([n * coutp, cin, ks, ks]))])
     # patches folded into channels (0 = keep that dim: height and width stay dynamic)
     xg = g.op("Reshape", [t, g.const("shape", np.array([1, n * cin, 0, 0]))])
-    addg = g.op("Reshape", [add, g.const("shape", np.array([1, n * cout, 0, 0]))]) if add else None
+    addg = g.op("Reshape", [add, g.const("shape", np.array([1, n * coutp, 0, 0]))]) if add else None
     y = _conv(g, xg, kern, bias, group=n, ks=ks, relu=relu, add=addg)
-    return g.op("Reshape", [y, g.const("shape", np.array([n, cout, 0, 0]))])
+    return g.op("Reshape", [y, g.const("shape", np.array([n, coutp, 0, 0]))])
 
 
 def _static_conv(g: _Graph, t: str, conv, block: int, relu=False, add=None, in_pad=None, out_pad=None) -> str:
@@ -168,3 +175,34 @@ def build_nchwc_onnx(loaded, patch_batch: int, block: int, opset: int = 17):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)])
     helper.set_model_props(model, {"nsr_nchwc_block": str(block)})
     return model
+
+
+def build_nchwc_layer(conv, patch_batch: int, block: int, opset: int = 17):
+    """One conv as a graph ``x [N, C, H, W] -> y`` in NCHWc form (for the bench's Figure 5 protocol):
+    a :class:`SparseConv2d` with per-patch kernels, or a plain conv (the baseline's own NCHWc path)."""
+    from onnx import TensorProto, helper
+
+    from nsr_deploy.models.sparse_conv import SparseConv2d
+
+    cin = conv.in_channels
+    if cin % block:
+        raise NSRError(f"conv form 'nchwc' needs input channels that are a multiple of {block}")
+    g = _Graph()
+    t = g.op("ReorderInput", ["x"], "reorder", DOMAIN)
+    if isinstance(conv, SparseConv2d):
+        cout = conv.patch_out_channels
+        t = _sparse_conv(g, t, conv, patch_batch, block, relu=False, add=None)
+    else:
+        cout = conv.out_channels
+        w = conv.weight.detach().float().numpy()
+        b = conv.bias.detach().float().numpy()
+        coutp = _round_up(cout, block)
+        bias = np.zeros(coutp, np.float32)
+        bias[:cout] = b
+        t = _conv(g, t, g.const("w", _blocked_filter(w, block, out_pad=coutp)), g.const("b", bias),
+                  ks=w.shape[-1])
+    g.nodes.append(helper.make_node("ReorderOutput", [t], ["y"], domain=DOMAIN, channels=cout))
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [patch_batch, cin, "h", "w"])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, [patch_batch, cout, "h", "w"])
+    graph = helper.make_graph(g.nodes, "nsr_layer_nchwc", [x_info], [y_info], g.inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)])

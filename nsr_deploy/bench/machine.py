@@ -1,0 +1,133 @@
+"""Facts about the machine a bench ran on, and its measured sgemm rate.
+
+Latency means little without the machine: the report carries the CPU model, cores, the threads
+every backend used, library versions and the load average before and after (a busy machine gives
+noisy figures, and the load says so). The sgemm rate is this machine's practical fp32 peak with the
+same thread count, measured in the same run, so "effective GFLOP/s of the model engine as a
+fraction of sgemm" compares across machines.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+
+LIBRARIES = ("numpy", "torch", "onnx", "onnxsim", "onnxruntime", "openvino", "nncf", "matplotlib", "pillow")
+SGEMM_SIZE = 2048
+CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (affinity), which is what thread counts should respect."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _cpuinfo() -> dict:
+    """Model name and the SIMD flags that matter to conv kernels, from /proc/cpuinfo (Linux)."""
+    model, flags = None, []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model is None:
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    have = set(value.split())
+                    flags = [flag for flag in CPU_FLAGS if flag in have]
+    except OSError:
+        pass
+    return {"model": model or platform.processor() or platform.machine(), "flags": flags}
+
+
+def _openvino_cpu_name() -> str | None:
+    """OpenVINO's name for the CPU: the full brand string, where /proc/cpuinfo may be terse (VMs)."""
+    try:
+        import openvino as ov
+
+        return str(ov.Core().get_property("CPU", "FULL_DEVICE_NAME"))
+    except Exception:  # openvino missing or no CPU plugin: the fact is optional
+        return None
+
+
+def library_versions() -> dict:
+    out = {"python": sys.version.split()[0]}
+    from nsr_deploy import __version__
+
+    out["nsr-deploy"] = __version__
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def machine_facts(threads: int) -> dict:
+    cpu = _cpuinfo()
+    return {
+        "cpu": cpu["model"],
+        "cpu_openvino": _openvino_cpu_name(),
+        "cpu_flags": cpu["flags"],
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable_cores(),
+        "threads": threads,
+        "os": f"{platform.system()} {platform.release()}",
+        "load_average_start": load_average(),
+        "versions": library_versions(),
+    }
+
+
+def _numpy_threads(threads: int):
+    """numpy's BLAS limited to ``threads`` (threadpoolctl), or None when it cannot be limited."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+def _rate(call, size: int, runs: int, warmup: int) -> dict:
+    from nsr_deploy.bench.timing import measure
+
+    timing = measure(call, runs, warmup)
+    flops = 2.0 * size ** 3
+    return {"gflops": round(flops / (timing.median * 1e6), 2), "best_gflops": round(flops / (timing.min * 1e6), 2),
+            **timing.as_dict()}
+
+
+def sgemm_rate(threads: int, size: int = SGEMM_SIZE, runs: int = 5, warmup: int = 1) -> dict:
+    """fp32 ``size``-cubed matrix multiply with ``threads`` threads through each BLAS at hand (PyTorch's,
+    and numpy's when threadpoolctl can hold it to the same threads); the machine's rate is the faster
+    library's median. It is the denominator of every "of sgemm" figure in the report."""
+    import numpy as np
+    import torch
+
+    from nsr_deploy.bench.timing import torch_threads
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.rand(size, size, generator=gen), torch.rand(size, size, generator=gen)
+    out = torch.empty(size, size)
+    libraries = {}
+    with torch_threads(threads), torch.no_grad():
+        libraries["torch.mm"] = _rate(lambda: torch.mm(a, b, out=out), size, runs, warmup)
+    limit = _numpy_threads(threads)
+    if limit is not None:
+        an, bn, on = a.numpy(), b.numpy(), np.empty((size, size), np.float32)
+        with limit:
+            libraries["numpy.matmul"] = _rate(lambda: np.matmul(an, bn, out=on), size, runs, warmup)
+    best = max(libraries, key=lambda k: libraries[k]["gflops"])
+    return {"gflops": libraries[best]["gflops"], "library": best, "size": size, "threads": threads,
+            "statistic": "median", "libraries": libraries}

@@ -1,0 +1,318 @@
+"""OpenVINO target: the parity-checked ONNX model -> OpenVINO IR (``model.xml`` + ``model.bin``).
+
+    nsr-deploy export ckpt.pt --target openvino [--precision fp32|fp16|int8] [--calib DIR]
+
+Precisions, and the gate each must pass before the export folder appears (pipeline: temp folder,
+renamed only on success):
+
+``fp32``  weights stored f32. ``openvino.save_model`` compresses weights to fp16 unless told not to,
+          so we always pass ``compress_to_fp16`` explicitly. Gate: max abs diff <= 1e-4 against the
+          PyTorch reference, on random patches and a real image.
+``fp16``  weights stored f16 in the IR (half the file). OpenVINO decompresses them and computes in
+          f32 because the runner pins ``INFERENCE_PRECISION_HINT=f32`` (AMX / bf16 CPUs would
+          otherwise default to bf16 execution). The sparsity softmax and the kernel mixing must run
+          in f32: the compiled model's runtime graph is checked for it. Gate: max abs <= 5e-3 and PSNR
+          of the restored image against the fp32 reference >= 45 dB.
+``int8``  NNCF post-training quantization, see :mod:`~nsr_deploy.exporters.openvino_int8`. Gate:
+          task PSNR against ground truth drops <= 0.3 dB from the fp32 reference; one retry with the
+          tail / skip convs float. The manifest lists which layers run int8 and why the others don't.
+          Ground truth: clean images (the bundled samples) degraded as the model's task says: the
+          bundled metadata's task (sr / noise / jpeg), else bicubic SR when scale > 1 and Gaussian
+          noise, sigma 25, at scale 1 (:mod:`~nsr_deploy.exporters.task_quality`).
+
+Shapes follow the ONNX model: the ``grouped`` form has a static patch batch (``Conv.group`` is an
+attribute), the other forms are dynamic in batch and size; the runner fixes them at load time on
+request (``OvRunner(tile_batch=..., shape=...)``) without re-export. The IR carries the manifest's
+I/O contract and its precision in its rt_info, so a bare ``model.xml`` describes itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import metadata
+from pathlib import Path
+
+from nsr_deploy.errors import BackendUnavailable, NSRError
+from nsr_deploy.exporters.common import sha256_bytes
+
+NAME = "openvino"
+STAGES = ["openvino-convert", "openvino-compress", "openvino-parity"]
+MODEL_FILE = "model.xml"
+PRECISIONS = ("fp32", "fp16", "int8")
+WEIGHTS_STORED = {"fp32": "f32", "fp16": "f16", "int8": "i8 for the quantized convs, f32 for the rest"}
+MUST_RUN_F32 = ("softmax", "kernel_mixing")
+RUNTIME_PRECISION_NOTE = ("per op role, the runtimePrecision the CPU plugin's runtime graph reports; on ops with "
+                          "weights 'f16' reflects the half weights (their outputs stay f32), 'u8'/'i8' is int8 "
+                          "execution")
+CONTRACT_KEYS = ("format", "model", "source", "io", "semantics", "conv_form", "opset")
+
+
+def unavailable() -> str | None:
+    from nsr_deploy.runtimes.ov_runner import unavailable as runtime_unavailable
+
+    return runtime_unavailable()
+
+
+def validate_options(options) -> None:
+    """Refuse what this target cannot honour before any work (the pipeline calls it up front)."""
+    if options.precision not in PRECISIONS:
+        raise NSRError(f"OpenVINO supports precisions {', '.join(PRECISIONS)}, not {options.precision!r}")
+    if options.precision == "int8":
+        _require_nncf()
+        if options.calib:
+            from nsr_deploy.exporters.task_quality import image_paths
+
+            image_paths(options.calib)  # a folder with images in it, or a one-line error now
+    elif options.calib:
+        raise NSRError(f"--calib is for int8; precision {options.precision} needs no calibration")
+
+
+def _require_nncf() -> None:
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        raise BackendUnavailable("int8 for OpenVINO needs NNCF: pip install 'nsr-deploy[export]' "
+                                 "(or pip install nncf)") from None
+
+
+# -- lowering --------------------------------------------------------------------------------
+def convert(onnx_path: str | Path):
+    """``ov.Model`` of the ONNX file; the I/O names must survive (apps bind them by name)."""
+    import openvino as ov
+
+    try:
+        model = ov.convert_model(str(onnx_path))
+    except Exception as e:  # the converter raises several exception types
+        raise NSRError(f"OpenVINO cannot convert {Path(onnx_path).name} ({str(e).strip().splitlines()[-1][:200]})") \
+            from None
+    inputs = sorted(name for i in model.inputs for name in i.get_names())
+    outputs = sorted(name for o in model.outputs for name in o.get_names())
+    if not {"x", "valid"} <= set(inputs) or "y" not in outputs:
+        raise NSRError(f"the converted IR lost its I/O names (inputs {inputs}, outputs {outputs})")
+    return model
+
+
+def save(model, path: Path, precision: str, contract: dict) -> None:
+    """Write ``model.xml`` + ``model.bin``: half weights only for fp16 (``save_model`` defaults to half).
+    int8 models from NNCF count as pre-optimised: OpenVINO stores their quantized weights as int8."""
+    import openvino as ov
+
+    from nsr_deploy.runtimes.ov_runner import RT_INFO_ROOT
+
+    model.set_rt_info(precision, [RT_INFO_ROOT, "precision"])
+    model.set_rt_info(json.dumps(contract, sort_keys=True), [RT_INFO_ROOT, "manifest"])
+    ov.save_model(model, str(path), compress_to_fp16=precision == "fp16")
+
+
+def contract_of(manifest: dict, onnx_path: Path) -> dict:
+    """The I/O contract (no targets, tools or parity) of the model we lower: what a bare IR needs to be
+    used correctly. Taken from the ONNX file itself, which may be a portable twin of an ORT-only
+    ``model.onnx`` (conv form ``nchwc``), so its form and batch are the ones the IR really has."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    contract = json.loads(props["nsr_manifest"]) if "nsr_manifest" in props else {}
+    base = {k: manifest[k] for k in CONTRACT_KEYS if k in manifest}
+    return {**base, **{k: contract[k] for k in CONTRACT_KEYS if k in contract}}
+
+
+def static_batch_of(model) -> int | None:
+    """The IR's fixed patch batch, or None when the batch is dynamic."""
+    batch = model.input("x").get_partial_shape()[0]
+    return batch.get_length() if batch.is_static else None
+
+
+# -- gates -----------------------------------------------------------------------------------
+def float_gate(loaded, runner, precision: str, samples=None) -> dict:
+    """fp32 / fp16 parity against the PyTorch reference (random patches + a real image)."""
+    from nsr_deploy.bench import parity
+    from nsr_deploy.exporters.onnx import parity_gate
+
+    tolerance = parity.FP32_MAX_ABS if precision == "fp32" else parity.FP16_MAX_ABS
+    gate = parity_gate(loaded, runner, tolerance, samples)
+    if precision == "fp16":
+        gate["min_psnr"] = parity.FP16_MIN_PSNR
+        for check in gate["checks"]:
+            if check["check"] != "real_image":
+                continue
+            psnr = check["psnr"]  # None: identical to the reference
+            enough = psnr is None or psnr >= parity.FP16_MIN_PSNR
+            check["min_psnr"] = parity.FP16_MIN_PSNR
+            check["passed"] = bool(check["passed"] and enough)
+            check["detail"] += f"; PSNR vs fp32 reference {psnr} dB (>= {parity.FP16_MIN_PSNR:g})"
+        gate["passed"] = all(c["passed"] for c in gate["checks"])
+    return gate
+
+
+def _raise_float_gate(gate: dict, precision: str) -> None:
+    failed = [c for c in gate["checks"] if not c["passed"]]
+    worst = max(failed, key=lambda c: c["max_abs"])
+    extra = f", PSNR {worst['psnr']} dB < {worst['min_psnr']:g}" if "min_psnr" in worst else ""
+    raise NSRError(f"parity gate failed: OpenVINO {precision} vs PyTorch reference max abs diff "
+                   f"{worst['max_abs']:.3g} (limit {worst['tolerance']:g}{extra}; {worst['check']}); nothing written")
+
+
+def check_execution(runner, ops, precision: str) -> dict[str, list[str]]:
+    """Role -> precisions the CPU plugin runs it in; the softmax and kernel mixing must be f32."""
+    from nsr_deploy.exporters.openvino_graph import runtime_precisions
+
+    used = runtime_precisions(runner.runtime_ops(), ops)
+    for role in MUST_RUN_F32:
+        if role in used and used[role] != ["f32"]:
+            raise NSRError(f"OpenVINO {precision}: the {role.replace('_', ' ')} would run in "
+                           f"{'/'.join(used[role])}, not f32; nothing written")
+    return used
+
+
+# -- the pipeline step -----------------------------------------------------------------------
+def build(ctx) -> None:
+    """Pipeline step: ``model.xml`` + ``model.bin`` into ``ctx.folder``, gated; extends the manifest."""
+    import openvino as ov
+
+    from nsr_deploy.exporters.openvino_graph import classify
+
+    validate_options(ctx.options)
+    precision = ctx.options.precision
+    path = ctx.folder / MODEL_FILE
+    with ctx.stages.stage("openvino-convert"):
+        contract = contract_of(ctx.manifest, ctx.onnx_path)
+        model = convert(ctx.onnx_path)
+        ops = classify(model)
+    if precision == "int8":
+        gate, entry = _build_int8(ctx, model, ops, path, contract)
+    else:
+        with ctx.stages.stage("openvino-compress"):
+            save(model, path, precision, contract)
+        with ctx.stages.stage("openvino-parity"):
+            gate, entry = _gate_float(ctx, ops, path, precision)
+    ctx.manifest["targets"]["openvino"] = {**_target_entry(path, precision, contract, static_batch_of(model)),
+                                           **entry}
+    ctx.manifest["tools"]["openvino"] = metadata.version("openvino")
+    ctx.manifest["tools"]["openvino_build"] = ov.get_version()
+    if precision == "int8":
+        ctx.manifest["tools"]["nncf"] = metadata.version("nncf")
+    ctx.manifest["parity"][f"openvino/{precision}"] = gate
+
+
+def _runner(ctx, path: Path):
+    from nsr_deploy.runtimes.ov_runner import OvRunner
+
+    # No model cache at export: the blobs would be keyed to a model that may never be kept.
+    return OvRunner(str(path), ctx.options.threads, cache=False)
+
+
+def _gate_float(ctx, ops, path: Path, precision: str) -> tuple[dict, dict]:
+    with _runner(ctx, path) as runner:
+        gate = float_gate(ctx.loaded, runner, precision)
+        if not gate["passed"]:
+            _raise_float_gate(gate, precision)
+        used = check_execution(runner, ops, precision)
+        return gate, {"runtime_precisions": used, "runtime_precisions_note": RUNTIME_PRECISION_NOTE,
+                      "compile_seconds": round(runner.load_seconds, 3)}
+
+
+def _build_int8(ctx, model, ops, path: Path, contract: dict) -> tuple[dict, dict]:
+    """Calibrate, quantize, gate; on failure once more with the last layers float. The file left in
+    ``path`` is the attempt that passed (a failure raises, and the pipeline discards the folder)."""
+    from nsr_deploy.exporters import openvino_int8 as q
+    from nsr_deploy.exporters.task_quality import task_of
+
+    cfg = ctx.loaded.config
+    task = task_of(ctx.loaded)
+    with ctx.stages.stage("openvino-compress"):
+        batches, calibration = _calibration(ctx, task, static_batch_of(model) or q.CALIB_BATCH)
+    last_layers = (f"body.{cfg.num_blocks + 1}",) + (("skip.0",) if cfg.has_skip else ())
+    attempts = []
+    with ctx.stages.stage("openvino-parity"):
+        references, source = _gate_references(ctx, task)
+        for keep_last in ((), last_layers):
+            attempt = _int8_attempt(ctx, model, ops, path, contract, batches, keep_last, (references, task, source))
+            attempts.append(attempt)
+            if attempt["gate"]["passed"]:
+                break
+        else:
+            check = attempts[-1]["gate"]["checks"][0]
+            raise NSRError(f"int8 gate failed: task PSNR drop {check['drop_db']:.3f} dB > {check['tolerance']:g} dB "
+                           f"even with {' and '.join(last_layers)} kept float ({task.describe()}); nothing written "
+                           f"(try --precision fp16)")
+    final = attempts[-1]
+    report = q.layer_report(cfg, ops, final["keep"], final["weight_int8"], final["executed_int8"])
+    report["other_quantized_ops"] = final["stray"]
+    history = [{"kept_float": list(a["kept_last"]) or None, **{k: a["gate"]["checks"][0][k] for k in
+                ("drop_db", "fp32_psnr", "int8_psnr")}, "passed": a["gate"]["passed"]} for a in attempts]
+    entry = {"compile_seconds": final["compile_seconds"], "runtime_precisions": final["runtime_precisions"],
+             "runtime_precisions_note": RUNTIME_PRECISION_NOTE,
+             "int8": {**report, "calibration": calibration, "attempts": history, "gate_images": source}}
+    return final["gate"], entry
+
+
+def _calibration(ctx, task, batch: int) -> tuple[list[dict], dict]:
+    """NNCF inputs from ``--calib`` (default: the bundled samples), and what the manifest says of them."""
+    from nsr_deploy.exporters import openvino_int8 as q
+    from nsr_deploy.exporters.task_quality import read_images
+
+    cfg = ctx.loaded.config
+    folder = Path(ctx.options.calib) if ctx.options.calib else q.default_image_folder()
+    images = read_images(folder, cfg.channels, q.CALIB_MAX_IMAGES)
+    count = math.ceil(q.CALIB_TILES / batch) * batch  # whole calls for a fixed-batch engine
+    tiles = q.calibration_tiles(images, task, cfg.patch_size, count)
+    info = {"images": str(folder) if ctx.options.calib else "the bundled sample photos", "image_count": len(images),
+            "tiles": count, "tile": cfg.patch_size, "batch": batch, "seed": q.CALIB_SEED,
+            "degraded_as": task.as_dict(), "tool": "nncf",
+            "preset": "mixed (symmetric int8 weights, asymmetric int8 activations)"}
+    return q.calibration_batches(tiles, batch), info
+
+
+def _gate_references(ctx, task) -> tuple[list, str]:
+    """The int8 gate's images, degraded and restored by the fp32 reference once for all attempts: an
+    ``ExportOptions.gate_images`` folder when the pipeline offers one, else the bundled samples."""
+    from nsr_deploy.exporters import openvino_int8 as q
+    from nsr_deploy.exporters.task_quality import read_images
+
+    folder = getattr(ctx.options, "gate_images", None)
+    images = read_images(folder or q.default_image_folder(), ctx.loaded.config.channels)
+    return q.task_references(ctx.loaded, images, task), str(folder) if folder else "the bundled sample photos"
+
+
+def _int8_attempt(ctx, model, ops, path: Path, contract: dict, batches, keep_last: tuple, gate_on) -> dict:
+    """Quantize with ``keep_last`` layers float, save to ``path``, gate; what happened, as a dict."""
+    from nsr_deploy.exporters import openvino_int8 as q
+    from nsr_deploy.exporters.openvino_graph import weight_quantized_ops
+
+    references, task, source = gate_on
+    keep = q.float_scope(ops, keep_last)
+    targets = [op.name for op in ops if op.role == "conv" and op.name not in keep]
+    if not targets:
+        raise NSRError("int8: this model has no conv with constant weights left to quantize")
+    quantized = q.quantize(model, batches, targets)
+    weight_int8 = weight_quantized_ops(quantized)
+    stray = q.stray_quantizers(quantized, targets)
+    save(quantized, path, "int8", contract)
+    with _runner(ctx, path) as runner:
+        gate = q.int8_gate(ctx.loaded.config, runner, references, task, source)
+        used = check_execution(runner, ops, "int8")
+        executed_int8 = {name for rt in runner.runtime_ops() if rt["precision"] in ("u8", "i8")
+                         for name in rt["original"]}
+        seconds = round(runner.load_seconds, 3)
+    return {"kept_last": keep_last, "keep": keep, "gate": gate, "weight_int8": weight_int8, "stray": stray,
+            "executed_int8": executed_int8, "runtime_precisions": used, "compile_seconds": seconds}
+
+
+def _target_entry(path: Path, precision: str, contract: dict, static: int | None) -> dict:
+    return {
+        "file": MODEL_FILE,
+        "weights": path.with_suffix(".bin").name,
+        "sha256": sha256_bytes(path.read_bytes()),
+        "weights_sha256": sha256_bytes(path.with_suffix(".bin").read_bytes()),
+        "precision": precision,
+        "runtime": "openvino",
+        "device": "CPU",
+        "conv_form": contract.get("conv_form"),
+        "static_batch": static,
+        "weights_stored": WEIGHTS_STORED[precision],
+        "execution_precision": "f32 (INFERENCE_PRECISION_HINT pinned by the runner; int8 layers run int8)",
+        "batch": (f"static {static} (conv form {contract.get('conv_form')!r}: re-export to change it)" if static else
+                  "dynamic; fix it at load time with OvRunner(tile_batch=N), no re-export"),
+        "size": "dynamic; fix it at load time with OvRunner(shape=(h, w))",
+    }
