@@ -101,6 +101,16 @@ def inspect(checkpoint, model_name, image_mean, patch_size, as_json):
         click.echo(f"{key:<{width}}  {value}")
 
 
+def _describe_check(check: dict) -> str:
+    """One gate's figure against its limit: a task-PSNR drop (int8) or a max abs difference."""
+    if "drop_db" in check:
+        return f"task PSNR drop {check['drop_db']:.3f} dB (<= {check['tolerance']:g})"
+    text = f"max abs {check['max_abs']:.2e} (<= {check['tolerance']:g})"
+    if "min_psnr" in check:
+        text += f", PSNR {check['psnr']} dB (>= {check['min_psnr']:g})"
+    return text
+
+
 TARGETS = ("onnx", "openvino", "tensorrt", "triton", "all")
 
 
@@ -122,6 +132,8 @@ TARGETS = ("onnx", "openvino", "tensorrt", "triton", "all")
               help="OpenVINO/TensorRT precision (ONNX stays fp32).")
 @click.option("--calib", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of calibration images for int8 (default: bundled samples).")
+@click.option("--gate-images", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of clean images for the int8 task-PSNR gate (default: bundled samples).")
 @click.option("--batch-profile", metavar="MIN,OPT,MAX", default=None,
               help="TensorRT optimisation profile over the patch batch (dynamic forms).")
 @click.option("--workspace", "workspace_mib", type=click.IntRange(min=16), default=1024, show_default=True,
@@ -133,7 +145,7 @@ TARGETS = ("onnx", "openvino", "tensorrt", "triton", "all")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @user_errors
 def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_form, patch_batch, opset, precision,
-           calib, batch_profile, workspace_mib, timing_cache, threads, force, as_json):
+           calib, gate_images, batch_profile, workspace_mib, timing_cache, threads, force, as_json):
     """Export a model to deployable engines, gated on parity with the PyTorch reference."""
     from pathlib import Path
 
@@ -154,17 +166,16 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
     resolve_targets(target)  # fail fast, before loading anything, if a target cannot be built here
     loaded = resolve_model(checkpoint, model_name, image_mean, patch_size)
     opts = ExportOptions(conv_form=conv_form, patch_batch=patch_batch, opset=opset, precision=precision,
-                         calib=calib, threads=threads, batch_profile=profile, workspace_mib=workspace_mib,
-                         timing_cache=timing_cache, force=force, show_progress=not as_json)
+                         calib=calib, gate_images=gate_images, threads=threads, batch_profile=profile,
+                         workspace_mib=workspace_mib, timing_cache=timing_cache, force=force, show_progress=not as_json)
     manifest = export(loaded, out, target, opts)
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
     for key, res in manifest["parity"].items():
         for check in res["checks"]:
-            limit = check.get("tolerance")
-            click.echo(f"parity {key:<20} {check['check']:<16} max abs {check['max_abs']:.2e}  "
-                       f"(<= {limit:g}) {'ok' if check['passed'] else 'FAIL'}  {check.get('detail', '')}")
+            click.echo(f"parity {key:<20} {check['check']:<16} {_describe_check(check)}  "
+                       f"{'ok' if check['passed'] else 'FAIL'}  {check.get('detail', '')}")
     for name, why in manifest.get("skipped_targets", {}).items():
         click.echo(f"skipped {name}: {why}")
     files = ", ".join(t["file"] for t in manifest["targets"].values())

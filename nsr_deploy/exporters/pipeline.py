@@ -37,6 +37,7 @@ class ExportOptions:
     opset: int = 17
     precision: str = "fp32"  # fp32 | fp16 | int8 (targets say which they support)
     calib: str | None = None  # folder of calibration images (int8)
+    gate_images: str | None = None  # folder of clean images for the int8 task gate (default: bundled samples)
     threads: int | None = None
     # TensorRT optimisation profile over the patch batch (dynamic forms): min / opt / max
     batch_profile: tuple[int, int, int] | None = None

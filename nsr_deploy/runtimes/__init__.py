@@ -51,6 +51,10 @@ def _manifest_of_file(path: Path) -> dict | None:
 
     if (path.parent / MANIFEST).exists():
         return read_manifest(path.parent)
+    if path.suffix == ".xml":  # a bare IR: its contract travels in the IR's rt_info
+        from nsr_deploy.runtimes.ov_runner import read_ir_manifest
+
+        return read_ir_manifest(path)
     if path.suffix == ".onnx":  # a bare model: its config travels in the ONNX metadata
         try:
             import onnx
@@ -89,7 +93,10 @@ def load(path, backend: str = "auto", threads: int | None = None, tiling: str = 
         if target not in targets:
             raise NSRError(f"{p}: holds no {target} engine (it has: {', '.join(targets)})")
         file = p / targets[target]["file"]
-        runner = runner_class(backend)(str(file), threads)
+        kwargs = {}
+        if backend == "openvino" and targets[target].get("static_batch") is None and tile_batch:
+            kwargs["tile_batch"] = tile_batch  # dynamic engines are reshaped to the tile batch at load
+        runner = runner_class(backend)(str(file), threads, **kwargs)
         return Engine(runner, manifest_config(manifest), tiling, tile_batch, manifest)
     suffix_backend = {s: b for b, (_, _, s) in BACKENDS.items() if s}
     if p.suffix in suffix_backend:
