@@ -75,8 +75,34 @@ def _conv(g: _Graph, x: str, w: str, b: str, group: int = 1, ks: int = 3, relu: 
     return g.op("Conv", inputs, "conv", DOMAIN, **attrs)
 
 
+def _blocked_mixing(w: np.ndarray, k: int, d: int, block: int):
+    """Stacked kernels whose mixing MatMul writes the blocked filter layout directly (no transpose).
+
+    Returns ``(mode, factor, stacked)`` with ``stacked`` ``[O/B, rows, (I/B)*kh*kw*B*B]``, or None when
+    the cardinal groups and the channel blocks do not nest. ``repeat``: each cardinal spans ``factor``
+    whole blocks (gamma repeated per block). ``share``: ``factor`` cardinals share a block; the block's
+    rows are (cardinal, group) pairs whose columns outside that cardinal's outputs are zero.
+    """
+    kc, cin, kh, kw = w.shape
+    cout = kc // k
+    per, nb = cout // d, cout // block
+    if cout % block or cin % block:
+        return None
+    blk = w.reshape(k, nb, block, cin // block, block, kh, kw).transpose(0, 1, 3, 5, 6, 4, 2)  # [k,nb,ib,y,x,bi,bo]
+    if per % block == 0:
+        return "repeat", per // block, np.ascontiguousarray(blk.reshape(k, nb, -1).transpose(1, 0, 2))
+    if block % per:
+        return None
+    share = block // per
+    rows = np.zeros((nb, share, k) + blk.shape[2:], np.float32)
+    for lane in range(share):
+        own = slice(lane * per, (lane + 1) * per)  # this cardinal's outputs inside the block
+        rows[:, lane, :, ..., own] = blk.transpose(1, 0, 2, 3, 4, 5, 6)[..., own]
+    return "share", share, rows.reshape(nb, share * k, -1)
+
+
 def _sparse_conv(g: _Graph, t: str, conv, n: int, block: int, relu: bool, add: str | None) -> str:
-    """Pool -> MLP -> softmax over k -> mixing MatMul -> blocked filters -> grouped NCHWc conv."""
+    """Pool -> MLP -> softmax over k -> mixing MatMul into blocked filters -> grouped NCHWc conv."""
     k, d = conv.groups, conv.cardinals
     cin, cout, ks = conv.in_channels, conv.patch_out_channels, conv.kernel_size
     w = conv.effective_weight().detach().float().numpy()
@@ -85,30 +111,37 @@ def _sparse_conv(g: _Graph, t: str, conv, n: int, block: int, relu: bool, add: s
     order = np.arange(k * d).reshape(k, d).T.reshape(-1)  # logits as [N, d, k]
     mlp_w = lin.weight.detach().float().numpy()[order].T.copy()
     mlp_b = lin.bias.detach().float().numpy()[order].copy()
-    rows = np.concatenate([w.reshape(k, d, cout // d, -1), b.reshape(k, d, cout // d, 1)], axis=3)
-    stacked = rows.transpose(1, 0, 2, 3).reshape(d, k, -1)
-    # pooling over the patch: the blocked tensor [N, C/B, H, W, B] seen as [N, C/B, H*W, B]
-    pooled = g.op("ReduceMean", [g.op("Reshape", [t, g.const("shape", np.array([n, cin // block, -1, block]))])],
-                  keepdims=0, axes=[2])
+    # pooling over the patch, straight on the blocked tensor ([N, C/B, 1, 1, B] is [N, C] in memory)
+    pooled = g.op("GlobalAveragePool", [t], "pool", DOMAIN)
     pooled = g.op("Reshape", [pooled, g.const("shape", np.array([n, cin]))])
     logits = g.op("Add", [g.op("MatMul", [pooled, g.const("mlp_w", mlp_w)]), g.const("mlp_b", mlp_b)])
     gamma = g.op("Softmax", [g.op("Reshape", [logits, g.const("shape", np.array([n, d, 1, k]))])], axis=-1)
-    mixed = g.op("MatMul", [gamma, g.const("stacked", stacked.astype(np.float32))])  # [N, d, 1, F]
-    mixed = g.op("Reshape", [mixed, g.const("shape", np.array([n, cout, cin * ks * ks + 1]))])
-    kern = g.op("Slice", [mixed, g.const("i", np.array([0])), g.const("i", np.array([cin * ks * ks])),
-                          g.const("i", np.array([2]))])
-    bias = g.op("Slice", [mixed, g.const("i", np.array([cin * ks * ks])), g.const("i", np.array([cin * ks * ks + 1])),
-                          g.const("i", np.array([2]))])
-    bias = g.op("Reshape", [bias, g.const("shape", np.array([n * cout]))])
-    coutp = _round_up(cout, block)
-    if coutp != cout:  # pad the per-patch filters with zero outputs up to a whole block
-        pads = np.array([0, 0, 0, 0, coutp - cout, 0])
-        kern = g.op("Pad", [kern, g.const("pads", pads)])
-        bias = g.op("Pad", [g.op("Reshape", [bias, g.const("shape", np.array([n, cout]))]),
-                            g.const("pads", np.array([0, 0, 0, coutp - cout]))])
+    per = cout // d
+    bias_stack = b.reshape(k, d, per).transpose(1, 0, 2).copy()  # [d, k, per]
+    bias = g.op("MatMul", [gamma, g.const("bias_stack", bias_stack)])  # [N, d, 1, per]
+    mixing = _blocked_mixing(w, k, d, block)
+    if mixing is not None:
+        mode, factor, stacked = mixing
+        nb = cout // block
+        if mode == "repeat" and factor > 1:
+            gamma = g.op("Expand", [gamma, g.const("shape", np.array([n, d, factor, k]))])
+        rows = g.op("Reshape", [gamma, g.const("shape", np.array([n, nb, 1, stacked.shape[1]]))])
+        kern = g.op("MatMul", [rows, g.const("stacked", stacked)])  # [N, O/B, 1, (I/B)*kh*kw*B*B]
+        coutp = cout
+        bias = g.op("Reshape", [bias, g.const("shape", np.array([n * cout]))])
+    else:  # widths that do not nest with the block: mix in plain layout, pad, then transpose
+        stacked = w.reshape(k, d, per, -1).transpose(1, 0, 2, 3).reshape(d, k, -1)
+        kern = g.op("MatMul", [gamma, g.const("stacked", np.ascontiguousarray(stacked))])  # [N, d, 1, per*cin*kk]
+        kern = g.op("Reshape", [kern, g.const("shape", np.array([n, cout, cin * ks * ks]))])
+        coutp = _round_up(cout, block)
+        bias = g.op("Reshape", [bias, g.const("shape", np.array([n, cout]))])
+        if coutp != cout:  # pad the per-patch filters with zero outputs up to a whole block
+            kern = g.op("Pad", [kern, g.const("pads", np.array([0, 0, 0, 0, coutp - cout, 0]))])
+            bias = g.op("Pad", [bias, g.const("pads", np.array([0, 0, 0, coutp - cout]))])
         bias = g.op("Reshape", [bias, g.const("shape", np.array([n * coutp]))])
-    kern = g.op("Reshape", [kern, g.const("shape", np.array([n, coutp // block, block, cin // block, block, ks, ks]))])
-    kern = g.op("Transpose", [kern], perm=[0, 1, 3, 5, 6, 4, 2])  # -> [N, O/B, I/B, kh, kw, Bi, Bo]
+        kern = g.op("Reshape", [kern, g.const("shape", np.array([n, coutp // block, block, cin // block, block, ks,
+                                                                    ks]))])
+        kern = g.op("Transpose", [kern], perm=[0, 1, 3, 5, 6, 4, 2])  # -> [N, O/B, I/B, kh, kw, Bi, Bo]
     kern = g.op("Reshape", [kern, g.const("shape", np.array([n * coutp, cin, ks, ks]))])
     # patches folded into channels (0 = keep that dim: height and width stay dynamic)
     xg = g.op("Reshape", [t, g.const("shape", np.array([1, n * cin, 0, 0]))])
