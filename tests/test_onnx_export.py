@@ -126,10 +126,15 @@ def test_only_the_per_patch_conv_has_runtime_weights_and_mixing_is_matmul(form):
         assert runtime_conv_weights == []
     # one mixing MatMul per sparse conv, against stacked kernels [d, k, F]
     mixing = [n for n in g.node if n.op_type == "MatMul" and n.input[1] in inits and inits[n.input[1]].ndim == 3]
-    assert len(mixing) == n_sparse
-    for node in mixing:
-        d, k, _ = inits[node.input[1]].shape
-        assert (d, k) == (cfg.cardinals, cfg.groups)
+    if form == "nchwc":  # kernels mixed straight into the blocked layout [O/B, rows, F], biases [d, k, out/d]
+        assert len(mixing) == 2 * n_sparse
+        biases = [n for n in mixing if inits[n.input[1]].shape[:2] == (cfg.cardinals, cfg.groups)]
+        assert len(biases) == n_sparse
+    else:
+        assert len(mixing) == n_sparse
+        for node in mixing:
+            d, k, _ = inits[node.input[1]].shape
+            assert (d, k) == (cfg.cardinals, cfg.groups)
     assert sum(n.op_type == "Softmax" for n in g.node) == n_sparse
 
 
