@@ -116,3 +116,29 @@ def test_a_broken_model_is_one_line_before_any_actor_starts(corpus):
     code, _, err = _restore(corpus / "in", "-m", bad, "-o", corpus / "out-bad", "--ray")
     assert code == 2 and err.startswith("error: ") and "ONNX Runtime cannot load it" in err and err.count("\n") == 1
     assert not (corpus / "out-bad").exists()
+
+
+def test_bench_ray_suite_reports_images_per_second_for_1_and_2_workers(cluster, corpus):
+    from nsr_deploy.bench.api import run_bench
+    from nsr_deploy.bench.settings import BenchSettings
+
+    torch.manual_seed(0)
+    loaded = LoadedModel(NSRNet(TINY).eval(), "tiny", "built", "0" * 64, "tiny")
+    settings = BenchSettings.preset("quick", suites=("ray",), backends=("onnxruntime",), threads=2, progress=False)
+    report = run_bench(settings, loaded)
+    ray = report.data["suites"]["ray"]
+    assert ray["error"] is None and not ray["skipped"] and ray["dataset"] == "CSet14"
+    assert [p["workers"] for p in ray["pools"]] == [1, 2]
+    for pool in ray["pools"]:
+        assert pool["images"] == 4 and pool["threads_per_worker"] == 1
+        assert pool["images_per_s"] == pytest.approx(pool["images"] / pool["seconds"], rel=0.02)
+    one, two = ray["pools"]
+    assert two["speedup"] == pytest.approx(two["images_per_s"] / one["images_per_s"], abs=0.01)
+    text = report.render()
+    assert "ray: corpus restore throughput" in text and "restore --ray" in text
+
+
+def test_bench_without_ray_suite_starts_no_cluster_by_default():
+    from nsr_deploy.bench.settings import BenchSettings
+
+    assert "ray" not in BenchSettings().suites and "ray" not in BenchSettings.preset("quick").suites

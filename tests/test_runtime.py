@@ -22,6 +22,7 @@ from nsr_deploy.runtimes import backend_unavailable, load
 from nsr_deploy.runtimes.tiling import cells_plan, exact_plan, reference_plan
 
 SPARSE = NSRConfig(channels=3, scale=2, num_blocks=1, units=8, block_width=8, groups=2, cardinals=4)
+HAVE_OPENVINO = backend_unavailable("openvino") is None
 GREY_DENSE = NSRConfig.create(channels=1, scale=1, num_blocks=2, units=8, width_multiplier=1, sparse=False)
 
 
@@ -49,6 +50,10 @@ def exported(tmp_path_factory):
             opts = ExportOptions(conv_form=form, patch_batch=5, show_progress=False)
             export(loaded, root / f"{name}-{form}", "onnx", opts)
             out[(name, form)] = root / f"{name}-{form}"
+        if cfg.sparse and HAVE_OPENVINO:  # the every-backend test needs an IR too
+            opts = ExportOptions(conv_form="matmul", patch_batch=5, show_progress=False)
+            export(loaded, root / f"{name}-matmul-openvino", "openvino", opts)
+            out[(name, "matmul", "openvino")] = root / f"{name}-matmul-openvino"
         out[name] = net
     return out
 
@@ -82,9 +87,11 @@ def test_every_available_backend_and_the_torch_runner(exported):
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     want = reference_uint8(exported["sparse"], img)
-    engines = [load(exported[("sparse", "matmul")], backend=b) for b in available_backends()]
+    folders = {"onnxruntime": exported[("sparse", "matmul")],
+               "openvino": exported.get(("sparse", "matmul", "openvino"))}
+    engines = [load(folders[b], backend=b) for b in available_backends()]
     engines.append(load(Path(exported[("sparse", "matmul")]).parent / "sparse.safetensors"))
-    assert "onnxruntime" in [e.runner.backend for e in engines]
+    assert [e.runner.backend for e in engines] == [*available_backends(), "torch"]
     for engine in engines:
         with engine:
             got = engine.restore(img)

@@ -26,7 +26,7 @@ from nsr_deploy.bench.settings import BenchSettings
 from nsr_deploy.bench.summary import headline, headline_table
 from nsr_deploy.bench.timing import torch_threads
 
-MODEL_SUITES = ("parity", "model", "quality")
+MODEL_SUITES = ("parity", "model", "quality", "ray")
 
 
 def suite_classes() -> dict:
@@ -34,8 +34,10 @@ def suite_classes() -> dict:
     from nsr_deploy.bench.model import ModelSuite
     from nsr_deploy.bench.parity_suite import ParitySuite
     from nsr_deploy.bench.quality import QualitySuite
+    from nsr_deploy.bench.ray_suite import RaySuite
 
-    return {"parity": ParitySuite, "layer": LayerSuite, "model": ModelSuite, "quality": QualitySuite}
+    return {"parity": ParitySuite, "layer": LayerSuite, "model": ModelSuite, "quality": QualitySuite,
+            "ray": RaySuite}
 
 
 def resolve_model(model):

@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from nsr_deploy.bench.settings import BACKENDS, CONV_FORMS, DEFAULT_CONV_FORMS, SUITES
+from nsr_deploy.bench.settings import BACKENDS, CONV_FORMS, DEFAULT_CONV_FORMS, DEFAULT_SUITES, SUITES
 from nsr_deploy.errors import NSRError
 
 
@@ -135,8 +135,9 @@ def build_settings(device, backends, suites, threads, quick, paper, conv_forms, 
               help="Bundled model name or checkpoint (default: the bundled sr-x2).")
 @click.option("--backends", default=",".join(BACKENDS), show_default=True,
               help="Comma list; unavailable ones are listed as skipped, with why.")
-@click.option("--suite", "suites", default=",".join(SUITES), show_default=True,
-              help="Comma list of parity, layer (paper Figure 5), model (latency), quality (PSNR/SSIM).")
+@click.option("--suite", "suites", default=",".join(DEFAULT_SUITES), show_default=True,
+              help="Comma list of parity, layer (paper Figure 5), model (latency), quality (PSNR/SSIM), "
+                   "ray (restore --ray images/s for 1 vs 2 workers; only when named).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads for every backend (default: the CPUs this process may use).")
 @click.option("--quick", is_flag=True, help="Small batches and few runs: a smoke test, not a measurement.")

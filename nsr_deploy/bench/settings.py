@@ -25,7 +25,8 @@ from pathlib import Path
 from nsr_deploy.bench.machine import usable_cores
 from nsr_deploy.errors import NSRError
 
-SUITES = ("parity", "layer", "model", "quality")
+DEFAULT_SUITES = ("parity", "layer", "model", "quality")
+SUITES = (*DEFAULT_SUITES, "ray")  # ray: only when asked for (it starts a Ray cluster; nsr-deploy[serve])
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 DEVICES = ("cpu",)
 MODES = ("quick", "default", "paper")
@@ -109,16 +110,29 @@ class ParityProtocol:
     openvino_precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
 
 
+@dataclass(frozen=True)
+class RayProtocol:
+    """Corpus throughput of ``restore --ray``: the first ``images`` of the task's test set (None: all),
+    once per pool size in ``workers`` (one-thread actors), ``rounds`` alternating passes, medians."""
+
+    workers: tuple[int, ...] = (1, 2)
+    images: int | None = None
+    rounds: int = 1
+    tiling: str = "reference"
+
+
 PRESETS = {
     "quick": dict(layer=LayerProtocol(batch=2, runs=3, warmup=1), sgemm_size=1024,
                   model=ModelProtocol(runs=2, warmup=1, patch_runs=3, patch_warmup=1),
                   quality=QualityProtocol(max_images_sr=1, max_images_grey=1),
-                  parity=ParityProtocol(images=1, openvino_precisions=("fp32", "fp16"))),
-    "default": dict(layer=LayerProtocol(), model=ModelProtocol(), quality=QualityProtocol(), parity=ParityProtocol()),
+                  parity=ParityProtocol(images=1, openvino_precisions=("fp32", "fp16")),
+                  ray=RayProtocol(images=4)),
+    "default": dict(layer=LayerProtocol(), model=ModelProtocol(), quality=QualityProtocol(), parity=ParityProtocol(),
+                    ray=RayProtocol()),
     "paper": dict(layer=LayerProtocol(batch=100, runs=100, warmup=2),
                   model=ModelProtocol(runs=20, patch_runs=30),
                   quality=QualityProtocol(max_images_sr=None, max_images_grey=None),
-                  parity=ParityProtocol()),
+                  parity=ParityProtocol(), ray=RayProtocol(rounds=3)),
 }
 
 
@@ -135,7 +149,7 @@ def default_data_dir() -> Path | None:
 
 @dataclass(frozen=True)
 class BenchSettings:
-    suites: tuple[str, ...] = SUITES
+    suites: tuple[str, ...] = DEFAULT_SUITES
     backends: tuple[str, ...] = BACKENDS
     threads: int = field(default_factory=usable_cores)
     mode: str = "default"
@@ -145,6 +159,7 @@ class BenchSettings:
     model: ModelProtocol = ModelProtocol()
     quality: QualityProtocol = QualityProtocol()
     parity: ParityProtocol = ParityProtocol()
+    ray: RayProtocol = RayProtocol()
     data_dir: Path | None = field(default_factory=default_data_dir)
     opset: int = 17
     sgemm_size: int = 2048  # the sgemm rate's matrices (1024 in --quick)
