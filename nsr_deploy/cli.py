@@ -283,7 +283,8 @@ def models(as_json):
                    f"k={r['k']} d={r['d']}, {r['parameters']:,} parameters ({r['size_mb']} MB), "
                    f"{r['mflops_per_pixel']} MFLOPs/pixel")
         for m in r["measured"]:
-            click.echo(f"    {m['dataset']:<12} {m['metric']:<7} model {m['model']:.2f}  "
+            where = f"{m['dataset']} {m['level']}" if m.get("level") else m["dataset"]
+            click.echo(f"    {where:<16} {m['metric']:<7} model {m['model']:.2f}  "
                        f"{m['baseline_name']} {m['baseline']:.2f}  (+{m['model'] - m['baseline']:.2f})")
 
 

@@ -4,7 +4,8 @@ ONNX Runtime runs static convolutions fastest through its NCHWc kernels (MLAS), 
 rewrites a Conv into that form when the weights are constant, so a per-patch conv with runtime
 weights falls back to the slower im2col path. Here every conv, the per-patch ones included, is an
 ``com.microsoft.nchwc`` Conv: the kernel mixing (Eq. 10, one batched MatMul as in the portable
-forms) is followed by a transpose into the blocked filter layout ``OIHWBiBo``, and the patches are
+forms) writes the blocked filter layout ``OIHWBiBo`` directly (its stacked kernels are pre-arranged at
+export; only widths that do not nest with the block mix in plain layout and transpose), and the patches are
 folded into conv groups (group = batch), so the sparse layer runs on the same kernels as its dense
 twin. ReLU and the residual add are fused into the convs.
 
