@@ -9,6 +9,24 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NSR_DATA", ROOT.parent / "shared" / "data"))
 
 
+def decisive_net(cfg, seed: int = 0, bias_std: float = 0.0):
+    """A random NSRNet (eval mode) whose MLP weights are wide, so that every patch mixes its k kernels
+    differently: parity tests then see the routing, not a near-uniform average."""
+    import torch
+
+    from nsr_deploy.models.network import NSRNet
+
+    torch.manual_seed(seed)
+    net = NSRNet(cfg).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "mlp" in name:
+                p.normal_(0, 3.0)
+            elif bias_std and name.endswith("bias"):
+                p.normal_(0, bias_std)
+    return net
+
+
 def data_image(folder: str, index: int = 0) -> np.ndarray:
     paths = sorted((DATA / folder).iterdir())
     return np.asarray(Image.open(paths[index]))

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
+from conftest import decisive_net
 from nsr_deploy.bench import BenchSettings, LayerProtocol, ModelProtocol, ParityProtocol, run_bench
 from nsr_deploy.bench import paper as paper_numbers
 from nsr_deploy.bench.engines import EngineFactory
@@ -33,13 +33,7 @@ HAVE_OPENVINO = backend_unavailable("openvino") is None
 
 
 def _net(cfg: NSRConfig, seed: int = 0) -> NSRNet:
-    torch.manual_seed(seed)
-    net = NSRNet(cfg).eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "mlp" in name:
-                p.normal_(0, 3.0)  # decisive, patch-dependent mixing
-    return net
+    return decisive_net(cfg, seed)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from conftest import decisive_net
 from nsr_deploy.config import NSRConfig
 from nsr_deploy.exporters import onnx as onnx_exporter
 from nsr_deploy.models.checkpoint import LoadedModel, save_reference_checkpoint
@@ -17,15 +18,7 @@ from nsr_deploy.runtimes.ort_runner import OrtRunner
 
 
 def make_loaded(cfg: NSRConfig, seed: int = 0) -> LoadedModel:
-    torch.manual_seed(seed)
-    net = NSRNet(cfg).eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "mlp" in name:
-                p.normal_(0, 3.0)  # decisive, patch-dependent mixing
-            elif name.endswith("bias"):
-                p.normal_(0, 0.05)
-    return LoadedModel(net, "test", "built", "0" * 64, "test")
+    return LoadedModel(decisive_net(cfg, seed, bias_std=0.05), "test", "built", "0" * 64, "test")
 
 
 def reference_patches(cfg, n, size, seed=1):

@@ -12,11 +12,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import data_image
+from conftest import data_image, decisive_net
 from nsr_deploy.config import NSRConfig
 from nsr_deploy.exporters.pipeline import ExportOptions, export
 from nsr_deploy.models.checkpoint import LoadedModel, save_native
-from nsr_deploy.models.network import NSRNet
 from nsr_deploy.models.reference import reference_forward
 from nsr_deploy.runtimes import backend_unavailable, load
 from nsr_deploy.runtimes.tiling import cells_plan, exact_plan, reference_plan
@@ -27,13 +26,7 @@ GREY_DENSE = NSRConfig.create(channels=1, scale=1, num_blocks=2, units=8, width_
 
 
 def _net(cfg, seed=0):
-    torch.manual_seed(seed)
-    net = NSRNet(cfg).eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "mlp" in name:
-                p.normal_(0, 3.0)
-    return net
+    return decisive_net(cfg, seed)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import data_image
+from conftest import data_image, decisive_net
 from nsr_deploy.cli import main
 from nsr_deploy.config import NSRConfig
 from nsr_deploy.errors import BackendUnavailable, NSRError
@@ -24,7 +24,6 @@ from nsr_deploy.exporters import tensorrt_support as support
 from nsr_deploy.exporters.pipeline import ExportOptions, export
 from nsr_deploy.exporters.tensorrt_profiles import DimRange, profile_plan
 from nsr_deploy.models.checkpoint import LoadedModel, save_native
-from nsr_deploy.models.network import NSRNet
 from nsr_deploy.runtimes import load
 from nsr_deploy.runtimes.tiling import make_plan
 from nsr_deploy.runtimes.trt_logging import summarize
@@ -39,13 +38,7 @@ TRT_MISSING = unavailable()
 
 
 def _loaded(cfg: NSRConfig, seed: int = 0) -> LoadedModel:
-    torch.manual_seed(seed)
-    net = NSRNet(cfg).eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "mlp" in name:
-                p.normal_(0, 3.0)  # decisive, patch-dependent mixing
-    return LoadedModel(net, "tiny", "built", "0" * 64, "tiny")
+    return LoadedModel(decisive_net(cfg, seed), "tiny", "built", "0" * 64, "tiny")
 
 
 def _graphs(cfg: NSRConfig, forms=PORTABLE) -> dict:
