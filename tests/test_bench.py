@@ -193,8 +193,9 @@ def test_json_and_png_are_written(report, tmp_path):
 def test_cli_layer_and_model_with_json_and_plot(models, tmp_path):
     out_json, out_png = tmp_path / "b.json", tmp_path / "f5.png"
     res = CliRunner().invoke(main, ["bench", "--model", str(models["sr"]), "--suite", "layer,model", "--quick",
-                                    "--layer-shape", "16,16,2", "--runs", "1", "--image-size", "192",
-                                    "--backends", "torch,onnxruntime,tensorrt", "--conv-forms", "matmul",
+                                    "--layer-shape", "16,16,2", "--runs", "1", "--layer-runs", "2",
+                                    "--image-size", "192", "--backends", "torch,onnxruntime,tensorrt",
+                                    "--conv-forms", "matmul",
                                     "--threads", "2", "--json", str(out_json), "--plot", str(out_png)])
     assert res.exit_code == 0, res.output
     for title in ("layer (paper Figure 5)", "model: tiny-sr", "patch batch: 16 patches of 48x48",
@@ -203,6 +204,8 @@ def test_cli_layer_and_model_with_json_and_plot(models, tmp_path):
     doc = json.loads(out_json.read_text())
     assert doc["command"].startswith("nsr-deploy bench --model") and "--quick" in doc["command"]
     assert doc["settings"]["threads"] == 2 and doc["settings"]["layer"]["channels"] == 16
+    assert doc["settings"]["layer"]["runs"] == 2 and doc["settings"]["model"]["runs"] == 1  # --layer-runs wins
+    assert all(r["runs"] == 2 for r in doc["suites"]["layer"]["rows"] if "ms" in r)
     assert set(doc["suites"]) == {"layer", "model"} and doc["passed"] is None
     assert out_png.read_bytes()[:4] == b"\x89PNG"
 
