@@ -6,34 +6,13 @@ exit code 2; heavy imports (torch, onnx, openvino) happen inside the commands th
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 
 import click
 
 from nsr_deploy import __version__
-from nsr_deploy.errors import NSRError
-
-
-def _fail(message: str, code: int = 2):
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def user_errors(fn):
-    """Turn NSRError (and unreadable inputs) into a one-line message and exit 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except NSRError as e:
-            _fail(str(e), e.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-
-    return wrapper
+from nsr_deploy.errors import NSRError, user_errors
 
 
 def model_argument(fn):

@@ -8,14 +8,13 @@ configuration that crashed) makes the exit code 1, so scripts can gate on the be
 
 from __future__ import annotations
 
-import functools
 import shlex
 import sys
 
 import click
 
 from nsr_deploy.bench.settings import BACKENDS, CONV_FORMS, DEFAULT_CONV_FORMS, DEFAULT_SUITES, SUITES
-from nsr_deploy.errors import NSRError
+from nsr_deploy.errors import NSRError, user_errors
 
 
 class OneLineError(click.ClickException):
@@ -33,21 +32,6 @@ class BenchCommand(click.Command):
             return super().parse_args(ctx, args)
         except click.UsageError as e:
             raise OneLineError(e.format_message()) from None
-
-
-def one_line_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except NSRError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(130)
-
-    return wrapper
 
 
 def parse_list(value: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
@@ -159,7 +143,7 @@ def build_settings(device, backends, suites, threads, quick, paper, conv_forms, 
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Folder holding CSet5, CSet14, BSD68 (default: $NSR_DATA or ../shared/data).")
 @click.pass_context
-@one_line_errors
+@user_errors
 def bench(ctx, device, model, backends, suites, threads, quick, paper, json_path, plot_path, conv_forms, image_size,
           layer_shape, runs, data_dir, layer_runs):
     """Parity and latency of exported engines, the paper's CPU protocol side by side."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from importlib import metadata
 
 LIBRARIES = ("numpy", "torch", "onnx", "onnxsim", "onnxruntime", "openvino", "nncf", "matplotlib", "pillow")
 SGEMM_SIZE = 2048
@@ -56,16 +55,9 @@ def _openvino_cpu_name() -> str | None:
 
 
 def library_versions() -> dict:
-    out = {"python": sys.version.split()[0]}
-    from nsr_deploy import __version__
+    from nsr_deploy.exporters.common import tool_versions
 
-    out["nsr-deploy"] = __version__
-    for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {"python": sys.version.split()[0], **tool_versions(*LIBRARIES)}
 
 
 def load_average() -> list[float] | None:

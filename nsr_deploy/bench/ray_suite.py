@@ -15,8 +15,6 @@ from nsr_deploy.bench.context import BenchContext, Job
 from nsr_deploy.bench.table import Table, fmt
 from nsr_deploy.errors import NSRError
 
-ORT_FORMS = ("grouped", "matmul", "dense-mix")  # forms a plain ONNX folder can hold (nchwc is bench-only here)
-
 
 class RaySuite:
     name = "ray"
@@ -55,8 +53,10 @@ class RaySuite:
     def measure(self) -> None:
         from nsr_deploy.bench.ray_throughput import ray_throughput
         from nsr_deploy.exporters.pipeline import ExportOptions, export
+        from nsr_deploy.models.deploy import CONV_FORMS
 
-        form = next((f for f in self.ctx.settings.conv_forms if f in ORT_FORMS), "matmul")
+        # a portable form: the nchwc filters are baked for this machine's MLAS block, a cluster may mix CPUs
+        form = next((f for f in self.ctx.settings.conv_forms if f in CONV_FORMS), "matmul")
         engine = self.ctx.scratch / "ray-engine"
         export(self.ctx.loaded, engine, "onnx", ExportOptions(conv_form=form, show_progress=False))
         images = self.ctx.scratch / "ray-images"
