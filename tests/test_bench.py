@@ -232,14 +232,14 @@ def test_cli_exit_code_1_when_an_engine_fails_parity(models, monkeypatch):
 def test_a_crashing_configuration_is_reported_and_the_run_goes_on(monkeypatch):
     from nsr_deploy.bench.layer import LayerSuite
 
-    measure = LayerSuite._measure
+    prepare = LayerSuite._prepare
 
-    def flaky(self, backend, variant, c):
+    def flaky(self, stack, backend, variant, c):
         if c.k == 4:
             raise RuntimeError("kaboom")
-        return measure(self, backend, variant, c)
+        return prepare(self, stack, backend, variant, c)
 
-    monkeypatch.setattr(LayerSuite, "_measure", flaky)
+    monkeypatch.setattr(LayerSuite, "_prepare", flaky)
     settings = BenchSettings.preset("quick", suites=("layer",), backends=("torch",), layer=TINY_LAYER, threads=1,
                                     progress=False)
     result = run_bench(settings)
@@ -296,3 +296,46 @@ def test_int8_gate_is_judged_on_the_task(gate_inputs):
     noisy = Engine(Perturbed(TorchRunner("t", 1, net=loaded.net), noise=0.2), loaded.config)
     worse, figures = task_drop_parity(loaded.net, noisy, images, task)
     assert not worse.passed and figures["drop_db"] > 0.3
+
+
+# -- interleaved timing ---------------------------------------------------------------------------
+class DriftingMachine:
+    """A fake clock: each call costs its configuration's work times a slowdown that grows with every
+    call made (a machine that gets busier during the measurement)."""
+
+    def __init__(self, work: dict[str, float], drift_per_call: float):
+        self.now, self.calls, self.log = 0.0, 0, []
+        self.work, self.drift = work, drift_per_call
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def call(self, key: str):
+        def run():
+            self.log.append(key)
+            self.now += self.work[key] * (1.0 + self.drift * self.calls)
+            self.calls += 1
+        return run
+
+
+def test_interleaved_timing_keeps_ratios_on_a_drifting_machine(monkeypatch):
+    import types
+
+    from nsr_deploy.bench import timing
+
+    work = {"baseline": 1.0, "sparse": 0.4}
+    fake = DriftingMachine(work, drift_per_call=0.02)
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=fake.perf_counter))
+    calls = {k: fake.call(k) for k in work}
+    got = timing.measure_interleaved(calls, runs=30, warmup=2, rounds=5, settle_s=0)
+    assert all(t.runs == 30 and t.warmup == 2 for t in got.values())
+    # every configuration: 2 warm-up, 5 untimed (one per round), 30 timed; rounds start in turn
+    assert fake.log.count("baseline") == fake.log.count("sparse") == 37
+    assert fake.log[4] == "baseline" and fake.log[4 + 14] == "sparse"
+    interleaved = got["sparse"].mean / got["baseline"].mean
+
+    fake2 = DriftingMachine(work, drift_per_call=0.02)
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=fake2.perf_counter))
+    blocks = {k: timing.measure(fake2.call(k), runs=30, warmup=2) for k in work}  # one block after the other
+    one_after_the_other = blocks["sparse"].mean / blocks["baseline"].mean
+    assert abs(interleaved - 0.4) < 0.03 < abs(one_after_the_other - 0.4)

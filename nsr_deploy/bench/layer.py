@@ -18,11 +18,15 @@ Backends: PyTorch eager runs the reference layer against ``nn.Conv2d``; ONNX Run
 run exported single-layer graphs (:mod:`.layer_graphs`), every sparse conv form the run asks for
 against a plain ``Conv`` graph. Figures are the mean of the timed runs (the paper's statistic), in
 ms per call of the whole batch; each side's ratio to its own baseline is what compares with the
-paper. Each exported graph's output is checked against the reference layer (first two patches).
+paper. A backend's configurations are all opened first and then timed together, their runs interleaved
+in rounds (:func:`~nsr_deploy.bench.timing.measure_interleaved`), so that the machine's drift does not
+fall between a configuration and its baseline. Each exported graph's output is checked against the
+reference layer (first two patches).
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +37,7 @@ from nsr_deploy.bench.context import BenchContext, Job
 from nsr_deploy.bench.layer_graphs import LAYER_FORMS, export_layer, export_nchwc_layer, layer_runner
 from nsr_deploy.bench.settings import LayerProtocol
 from nsr_deploy.bench.table import Table, fmt
-from nsr_deploy.bench.timing import measure
+from nsr_deploy.bench.timing import measure_interleaved
 from nsr_deploy.errors import NSRError
 
 PROTOCOLS = ("baseline", "fixed size", "fixed FLOPs")
@@ -127,6 +131,8 @@ class LayerSuite:
         self.rows: list[dict] = []
         self.skipped: dict[str, str] = {}
         self._modules: LayerModules | None = None
+        self._calls: dict[str, list] = {}  # backend -> (row, config, call) prepared, not yet timed
+        self._stacks: dict[str, ExitStack] = {}  # backend -> its open runners
 
     @property
     def modules(self) -> LayerModules:
@@ -155,8 +161,10 @@ class LayerSuite:
         return out
 
     def jobs(self) -> list[Job]:
-        jobs, seen_baseline = [], set()
+        jobs, seen_baseline, backends = [], set(), []
         for backend, variant in self.variants():
+            if backend not in backends:
+                backends.append(backend)
             for c in configurations(self.p):
                 if c.protocol == "baseline":
                     if backend in seen_baseline:
@@ -164,43 +172,66 @@ class LayerSuite:
                     seen_baseline.add(backend)
                 what = "plain conv" if c.protocol == "baseline" else f"{variant} {c.key}"
                 jobs.append(Job(f"layer {backend} {what}",
-                                lambda b=backend, v=variant, c=c: self.time_one(b, v, c)))
+                                lambda b=backend, v=variant, c=c: self.prepare(b, v, c)))
+        # Every configuration of a backend is timed in one interleaved measurement: the ratios to its
+        # baseline are the figures, so drift of the machine must not fall between them.
+        jobs += [Job(f"layer {backend} timing", lambda b=backend: self.time_backend(b)) for backend in backends]
         return jobs
 
-    def time_one(self, backend: str, variant: str, c: LayerConfig) -> None:
-        p, mods = self.p, self.modules
+    def prepare(self, backend: str, variant: str, c: LayerConfig) -> None:
+        """Build and open ``c`` in ``variant`` and check its output; timed later with its backend's others."""
+        p = self.p
         row = {"backend": backend, "variant": "baseline" if c.protocol == "baseline" else variant,
                "protocol": c.protocol, "k": c.k, "per_patch_out": c.out, "parameters": parameters(p, c),
                "conv_gflop_per_call": round(conv_flops(p, c) / 1e9, 4), "threads": self.ctx.threads}
+        stack = self._stacks.setdefault(backend, ExitStack())
         try:
-            timing, out = self._measure(backend, variant, c)
+            call, out = self._prepare(stack, backend, variant, c)
         except NSRError as e:
             self.rows.append({**row, "error": str(e)})
             return
-        ms = timing.mean
-        row.update(timing.as_dict())
-        row.update({"ms": round(ms, 4), "ms_per_patch": round(ms / p.batch, 4),
-                    "conv_gflops": round(conv_flops(p, c) / (ms * 1e6), 2),
-                    "max_abs_vs_reference": float(f"{np.max(np.abs(out - mods.reference(c))):.3g}"),
-                    "paper_ms": paper.paper_ms(c.protocol, c.k),
-                    "paper_ratio": _round(paper.paper_ratio(c.protocol, c.k))})
+        row["max_abs_vs_reference"] = float(f"{np.max(np.abs(out - self.modules.reference(c))):.3g}")
         self.rows.append(row)
+        self._calls.setdefault(backend, []).append((row, c, call))
 
-    def _measure(self, backend: str, variant: str, c: LayerConfig):
-        p, mods = self.p, self.modules
+    def _prepare(self, stack: ExitStack, backend: str, variant: str, c: LayerConfig):
+        """The call to time (the whole batch) and the output on the first patches."""
+        mods = self.modules
         if backend == "torch":
             import torch
 
             module = mods.module(c)
             with torch.no_grad():
                 out = module(mods.x[:CHECKED_PATCHES]).numpy()
-                timing = measure(lambda: module(mods.x), p.runs, p.warmup)
-            return timing, out
-        valid = np.ones((p.batch, 1, 1, 1), np.float32)  # unused by one-input graphs
-        with layer_runner(backend, self.graph(c, variant), self.ctx.threads) as runner:
-            out = runner.infer(mods.x_np, valid)[:CHECKED_PATCHES]
-            timing = measure(lambda: runner.infer(mods.x_np, valid), p.runs, p.warmup)
-        return timing, out
+
+            def call():
+                with torch.no_grad():
+                    return module(mods.x)
+            return call, out
+        valid = np.ones((self.p.batch, 1, 1, 1), np.float32)  # unused by one-input graphs
+        runner = stack.enter_context(layer_runner(backend, self.graph(c, variant), self.ctx.threads))
+        return (lambda: runner.infer(mods.x_np, valid)), runner.infer(mods.x_np, valid)[:CHECKED_PATCHES]
+
+    def time_backend(self, backend: str) -> None:
+        """Every prepared configuration of ``backend``, interleaved (:func:`measure_interleaved`)."""
+        p, entries = self.p, self._calls.pop(backend, [])
+        try:
+            timings = measure_interleaved({str(i): call for i, (_, _, call) in enumerate(entries)},
+                                          p.runs, p.warmup)
+        except Exception as e:
+            for row, _, _ in entries:
+                row["error"] = f"timing crashed: {type(e).__name__}"
+            raise
+        finally:
+            self._stacks.pop(backend, ExitStack()).close()
+        for i, (row, c, _) in enumerate(entries):
+            timing = timings[str(i)]
+            ms = timing.mean
+            row.update(timing.as_dict())
+            row.update({"ms": round(ms, 4), "ms_per_patch": round(ms / p.batch, 4),
+                        "conv_gflops": round(conv_flops(p, c) / (ms * 1e6), 2),
+                        "paper_ms": paper.paper_ms(c.protocol, c.k),
+                        "paper_ratio": _round(paper.paper_ratio(c.protocol, c.k))})
 
     def graph(self, c: LayerConfig, variant: str) -> Path:
         """The exported graph of ``c`` in ``variant``, exported once and shared by every backend."""
@@ -265,7 +296,8 @@ class LayerSuite:
                 rows.append([label if protocol == PROTOCOLS[1] else "", protocol, _ms(base),
                              *[_ms(c) for c in cells], *[fmt((c or {}).get("ratio")) for c in cells]])
         notes = [f"one sparse conv {p.channels}->{p.channels}, {p.kernel}x{p.kernel}, batch {p.batch} of "
-                 f"{p.patch}x{p.patch} patches, d={p.cardinals}; mean of {p.runs} runs after {p.warmup} warm-up; "
+                 f"{p.patch}x{p.patch} patches, d={p.cardinals}; mean of {p.runs} runs after {p.warmup} warm-up, a "
+                 f"backend's configurations interleaved in rounds; "
                  f"{self.ctx.threads} threads for every backend",
                  "paper: batch 100, mean of 100 runs, ms as printed in Figure 5 (they fit per-patch time; "
                  "compare the ratios)"]
@@ -285,7 +317,7 @@ class LayerSuite:
 
 
 def _ms(row: dict | None) -> str:
-    if row is None:
+    if row is None or not ("ms" in row or "error" in row):
         return "-"
     return "fail" if "error" in row else fmt(row["ms"], ".2f" if row["ms"] < 100 else ".1f")
 

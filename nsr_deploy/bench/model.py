@@ -9,7 +9,8 @@ exported backend), plus the dense twin (same shapes, k = d = 1, random weights) 
   trainer's overlapping tiling), which every speed-up is measured against.
 * **patch batch**: 16 patches of the model's patch size (48x48) straight through the runner: the
   performance issue's protocol, where the sparse model and its twin do exactly the same work, so
-  "within 1.10x of the dense twin in the same runtime" and "vs PyTorch eager" are read here.
+  "within 1.10x of the dense twin in the same runtime" and "vs PyTorch eager" are read here. Every
+  engine is opened first and their runs are then interleaved (:func:`~nsr_deploy.bench.timing.measure_interleaved`).
 
 Figures: median and p90 after warm-up; megapixels/s of input; effective GFLOP/s = the model's FLOPs
 per pixel (``NSRConfig.flops_per_pixel``: one mixed kernel per sparse conv, routing and mixing
@@ -19,6 +20,8 @@ fraction of this machine's sgemm rate measured in the same run with the same thr
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import numpy as np
 
 from nsr_deploy.bench.context import BenchContext, Job
@@ -26,7 +29,7 @@ from nsr_deploy.bench.engines import EngineSpec, engine_specs
 from nsr_deploy.bench.images import bench_input
 from nsr_deploy.bench.parity import random_patches
 from nsr_deploy.bench.table import Table, fmt
-from nsr_deploy.bench.timing import Timing, measure
+from nsr_deploy.bench.timing import Timing, measure, measure_interleaved
 from nsr_deploy.errors import NSRError
 
 REFERENCE_PATH = "reference path (torch eager)"
@@ -45,6 +48,8 @@ class ModelSuite:
         self.image_rows: list[dict] = []
         self.patch_rows: list[dict] = []
         self._x = None
+        self._patch_calls: list = []  # (row, flops per pixel, open runner) prepared, not yet timed
+        self._patch_runners = ExitStack()
 
     @property
     def config(self):
@@ -61,7 +66,8 @@ class ModelSuite:
         for spec in self.specs:
             jobs += [Job(f"model {spec.label} {t}", lambda s=spec, t=t: self.time_image(s, t)) for t in self.p.tilings]
         jobs += [Job(f"model {s.label}", lambda s=s: self.time_image(s, "exact")) for s in self.twins]
-        jobs += [Job(f"patches {s.label}", lambda s=s: self.time_patches(s)) for s in self.specs + self.twins]
+        jobs += [Job(f"patches {s.label}", lambda s=s: self.prepare_patches(s)) for s in self.specs + self.twins]
+        jobs.append(Job("patches timing", self.time_patches))
         return jobs
 
     # -- measuring ---------------------------------------------------------------------------
@@ -106,20 +112,41 @@ class ModelSuite:
                     **self._figures(timing, cfg.flops_per_pixel(), stats["pixels_computed"])})
         self.image_rows.append(row)
 
-    def time_patches(self, spec: EngineSpec) -> None:
+    def prepare_patches(self, spec: EngineSpec) -> None:
+        """Build and open ``spec``'s runner; every engine's patch batch is timed together, at the end."""
         cfg = self.config
         n, size = self.p.patch_batch, cfg.patch_size
-        x = random_patches(cfg.channels, n, size, seed=self.ctx.settings.seed)
-        valid = np.ones((n, 1, size, size), np.float32)
         row = {"engine": spec.label, **spec.as_dict(), "patches": n, "patch": size, "threads": self.ctx.threads}
         try:
             flops = self.ctx.factory.model_of(spec).config.flops_per_pixel()
-            with self.ctx.factory.runner(spec) as runner:
-                timing = measure(lambda: runner.infer(x, valid), self.p.patch_runs, self.p.patch_warmup)
+            runner = self._patch_runners.enter_context(self.ctx.factory.runner(spec))
         except NSRError as e:
             self.patch_rows.append({**row, "error": str(e)})
             return
-        self.patch_rows.append({**row, **self._figures(timing, flops, n * size * size)})
+        self.patch_rows.append(row)
+        self._patch_calls.append((row, flops, runner))
+
+    def time_patches(self) -> None:
+        """The same patches through every prepared runner, interleaved (:func:`measure_interleaved`): the
+        figures are ratios between engines (to the dense twin, to eager), so the machine's drift must
+        not fall between them."""
+        cfg, entries = self.config, self._patch_calls
+        n, size = self.p.patch_batch, cfg.patch_size
+        x = random_patches(cfg.channels, n, size, seed=self.ctx.settings.seed)
+        valid = np.ones((n, 1, size, size), np.float32)
+        self._patch_calls = []
+        try:
+            timings = measure_interleaved({str(i): (lambda r=runner: r.infer(x, valid))
+                                           for i, (_, _, runner) in enumerate(entries)},
+                                          self.p.patch_runs, self.p.patch_warmup)
+        except Exception as e:
+            for row, _, _ in entries:
+                row["error"] = f"timing crashed: {type(e).__name__}"
+            raise
+        finally:
+            self._patch_runners.close()
+        for i, (row, flops, _) in enumerate(entries):
+            row.update(self._figures(timings[str(i)], flops, n * size * size))
 
     # -- results -----------------------------------------------------------------------------
     @staticmethod
@@ -184,12 +211,13 @@ class ModelSuite:
         header = ["engine", "median ms", "p90 ms", "GFLOP/s", "of sgemm", "/ dense twin", "/ torch eager"]
         rows = []
         for r in self.patch_rows:
-            if "error" in r:
-                rows.append([r["engine"], *["-"] * 5, "failed"])
+            if "median_ms" not in r:
+                rows.append([r["engine"], *["-"] * 5, "failed" if "error" in r else "-"])
                 continue
             rows.append([r["engine"], fmt(r["median_ms"], ".1f"), fmt(r["p90_ms"], ".1f"), fmt(r["gflops"], ".1f"),
                          fmt(r["of_sgemm"], ".0%"), fmt(r["vs_dense_twin"], ".2f"), fmt(r["vs_torch_eager"], ".2f")])
-        notes = [f"median / p90 of {p.patch_runs} runs after {p.patch_warmup} warm-up, straight through each runner",
+        notes = [f"median / p90 of {p.patch_runs} runs after {p.patch_warmup} warm-up, straight through each runner; "
+                 "every engine's runs interleaved in rounds, so that drift of the machine moves them alike",
                  "latency ratios (lower is faster): engine / the dense twin in the same runtime; "
                  "engine / PyTorch eager on the same patches"]
         notes += [f"{r['engine']}: {r['error']}" for r in self.patch_rows if "error" in r]

@@ -1,4 +1,5 @@
-"""Wall-clock timing of one configuration: warm-up calls, then timed runs, summarised.
+"""Wall-clock timing: warm-up calls, then timed runs, summarised; one configuration, or several
+against each other (:func:`measure_interleaved`).
 
 The paper reports the *mean* of 100 runs (Section 4.2, Figure 5); latency figures elsewhere in the
 bench use the median and p90, which resist the noise of a shared machine. Every summary keeps all
@@ -57,6 +58,44 @@ def measure(call: Callable[[], object], runs: int, warmup: int) -> Timing:
         call()
         times.append((time.perf_counter() - t0) * 1e3)
     return Timing(tuple(times), warmup)
+
+
+DEFAULT_ROUNDS = 5
+SETTLE_S = 0.1
+
+
+def measure_interleaved(calls: dict[str, Callable[[], object]], runs: int, warmup: int,
+                        rounds: int = DEFAULT_ROUNDS, settle_s: float = SETTLE_S) -> dict[str, Timing]:
+    """Time several configurations that will be compared as ratios, their runs alternating in rounds.
+
+    A shared machine drifts (a neighbour starts, the clock steps down) over the seconds one
+    configuration's block of runs takes; timed one after the other, configurations meet different
+    machines and their ratios carry that drift. Here each round gives every configuration its share
+    of the ``runs`` (the starting one rotates), so drift moves them alike. Each share starts with a
+    ``settle_s`` pause and one untimed call. The pause matters: a runtime's worker threads spin for a
+    while after a call (ONNX Runtime's do by default), and on 2 cores the previous configuration's
+    spinning threads took a core from the next one (measured: a k=4 sparse layer timed at 0.5-0.65x
+    of its baseline interleaved without the pause, 0.38-0.40x one after the other or with it).
+    ``warmup`` untimed calls each, first.
+    """
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    runs, keys = max(1, runs), list(calls)
+    rounds = max(1, min(rounds, runs))
+    times: dict[str, list[float]] = {key: [] for key in keys}
+    for r in range(rounds):
+        share = runs // rounds + (r < runs % rounds)
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            call = calls[key]
+            if settle_s:
+                time.sleep(settle_s)
+            call()
+            for _ in range(share):
+                t0 = time.perf_counter()
+                call()
+                times[key].append((time.perf_counter() - t0) * 1e3)
+    return {key: Timing(tuple(times[key]), warmup) for key in keys}
 
 
 @contextmanager
