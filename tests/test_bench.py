@@ -193,7 +193,7 @@ def test_json_and_png_are_written(report, tmp_path):
 def test_cli_layer_and_model_with_json_and_plot(models, tmp_path):
     out_json, out_png = tmp_path / "b.json", tmp_path / "f5.png"
     res = CliRunner().invoke(main, ["bench", "--model", str(models["sr"]), "--suite", "layer,model", "--quick",
-                                    "--layer-shape", "16,16,2", "--runs", "1", "--layer-runs", "2",
+                                    "--layer-shape", "16,16,2", "--runs", "1", "--layer-runs", "2", "--patch-runs", "3",
                                     "--image-size", "192", "--backends", "torch,onnxruntime,tensorrt",
                                     "--conv-forms", "matmul",
                                     "--threads", "2", "--json", str(out_json), "--plot", str(out_png)])
@@ -205,6 +205,8 @@ def test_cli_layer_and_model_with_json_and_plot(models, tmp_path):
     assert doc["command"].startswith("nsr-deploy bench --model") and "--quick" in doc["command"]
     assert doc["settings"]["threads"] == 2 and doc["settings"]["layer"]["channels"] == 16
     assert doc["settings"]["layer"]["runs"] == 2 and doc["settings"]["model"]["runs"] == 1  # --layer-runs wins
+    assert doc["settings"]["model"]["patch_runs"] == 3  # and --patch-runs
+    assert all(r["runs"] == 3 for r in doc["suites"]["model"]["patch_batch"] if "median_ms" in r)
     assert all(r["runs"] == 2 for r in doc["suites"]["layer"]["rows"] if "ms" in r)
     assert set(doc["suites"]) == {"layer", "model"} and doc["passed"] is None
     assert out_png.read_bytes()[:4] == b"\x89PNG"

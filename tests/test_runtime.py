@@ -1,6 +1,7 @@
 """Runtime API: engines on real images against the PyTorch reference, tiling modes, odd sizes,
 thread safety, no torch at run time, bounded memory."""
 
+import math
 import subprocess
 import sys
 import threading
@@ -187,6 +188,25 @@ def test_plans_compute_budget_and_coverage():
             cover[t.y + t.ky0:t.y + t.ky1, t.x + t.kx0:t.x + t.kx1] += 1
         assert cover.min() == 1 and cover.max() == 1  # every pixel computed exactly once
     assert cells_plan(150, 900, 48).whole_image  # a side below 4 patches: the reference pools it whole
+
+
+def _computed_with_padding(plan, batch: int) -> int:
+    return math.ceil(len(plan.tiles) / batch) * batch * plan.window_h * plan.window_w
+
+
+def test_cells_fill_a_fixed_batch_engines_calls():
+    for h, w in [(512, 512), (256, 256), (1000, 750), (321, 481), (720, 1280)]:
+        free, fixed = cells_plan(h, w, 48), cells_plan(h, w, 48, batch=16)
+        assert _computed_with_padding(fixed, 16) <= _computed_with_padding(free, 16)
+        assert min(fixed.window_h, fixed.window_w) >= 48 + 6
+        cover = np.zeros((h, w), int)
+        for t in fixed.tiles:
+            cover[t.y + t.ky0:t.y + t.ky1, t.x + t.kx0:t.x + t.kx1] += 1
+        assert cover.min() == 1 and cover.max() == 1
+    # 512x512: 7x7 cells would be 49 windows of 80x80 in 4 calls, the last padded with 15 copies
+    fixed = cells_plan(512, 512, 48, batch=16)
+    assert len(fixed.tiles) == 64 and _computed_with_padding(fixed, 16) < 0.8 * _computed_with_padding(
+        cells_plan(512, 512, 48), 16)
 
 
 def test_exact_tiling_of_dense_models_equals_whole_image(exported):

@@ -82,7 +82,7 @@ def command_line(ctx: click.Context) -> str:
 
 
 def build_settings(device, backends, suites, threads, quick, paper, conv_forms, image_size, layer_shape, runs,
-                   data_dir, layer_runs=None):
+                   data_dir, layer_runs=None, patch_runs=None):
     from dataclasses import replace
     from pathlib import Path
 
@@ -112,6 +112,8 @@ def build_settings(device, backends, suites, threads, quick, paper, conv_forms, 
         model = replace(model, runs=runs, patch_runs=runs)
     if layer_runs is not None:  # the layer suite is cheap and noisy: give it more runs than a whole model
         layer = replace(layer, runs=layer_runs)
+    if patch_runs is not None:  # the patch batch's ratios want more samples than whole-image timings
+        model = replace(model, patch_runs=patch_runs)
     return settings.replace(layer=layer, model=model).validate()
 
 
@@ -140,18 +142,20 @@ def build_settings(device, backends, suites, threads, quick, paper, conv_forms, 
 @click.option("--runs", type=click.IntRange(min=1), default=None, help="Timed runs per configuration (all suites).")
 @click.option("--layer-runs", type=click.IntRange(min=1), default=None,
               help="Timed runs per layer configuration (overrides --runs for the layer suite).")
+@click.option("--patch-runs", type=click.IntRange(min=1), default=None,
+              help="Timed runs per engine on the model suite's patch batch (overrides --runs there).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Folder holding CSet5, CSet14, BSD68 (default: $NSR_DATA or ../shared/data).")
 @click.pass_context
 @user_errors
 def bench(ctx, device, model, backends, suites, threads, quick, paper, json_path, plot_path, conv_forms, image_size,
-          layer_shape, runs, data_dir, layer_runs):
+          layer_shape, runs, data_dir, layer_runs, patch_runs):
     """Parity and latency of exported engines, the paper's CPU protocol side by side."""
     from nsr_deploy.bench.api import run_bench
     from nsr_deploy.bench.report import writable_target
 
     settings = build_settings(device, backends, suites, threads, quick, paper, conv_forms, image_size, layer_shape,
-                              runs, data_dir, layer_runs)
+                              runs, data_dir, layer_runs, patch_runs)
     if json_path:
         writable_target(json_path, "--json")
     if plot_path:

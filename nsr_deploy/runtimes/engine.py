@@ -80,7 +80,10 @@ class Engine:
 
     def plan(self, height: int, width: int):
         cfg = self.config
-        return make_plan(self.tiling, height, width, cfg.patch_size, cfg.sparse, cfg.receptive_radius())
+        if not self.runner.active:
+            self.runner.activate()  # a fixed batch is known once the engine is loaded; cells fill it
+        return make_plan(self.tiling, height, width, cfg.patch_size, cfg.sparse, cfg.receptive_radius(),
+                         self.runner.static_batch)
 
     def restore_chw(self, x: np.ndarray) -> np.ndarray:
         """float32 ``[C, H, W]`` -> float32 ``[C, H*s, W*s]``."""

@@ -29,6 +29,7 @@ from nsr_deploy.runtimes.geometry import REFERENCE_PAD, reference_windows, uses_
 
 CELL_MAX = 80  # largest cell side of the ``cells`` mode (window = cell + 2 * halo)
 CELL_HALO = 3
+GRID_SLACK = 2  # extra rows / columns of cells tried to fill a fixed-batch engine's calls
 TILE_TARGET = 192  # tile side for exact tiling of dense models
 
 
@@ -92,22 +93,45 @@ def reference_plan(height: int, width: int, patch: int, pooled: bool = True) -> 
     return Plan("reference", height, width, patch, patch, tiles, True)
 
 
-def _splits(size: int, cell_max: int) -> list[tuple[int, int]]:
-    """``size`` cut into equal-as-possible cells no longer than ``cell_max``."""
-    n = max(1, math.ceil(size / cell_max))
+def _splits(size: int, n: int) -> list[tuple[int, int]]:
+    """``size`` cut into ``n`` equal-as-possible cells."""
     cuts = [round(i * size / n) for i in range(n + 1)]
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def cells_plan(height: int, width: int, patch: int, cell_max: int = CELL_MAX, halo: int = CELL_HALO) -> Plan:
-    """Non-overlapping cells with a ``halo`` of context, each pooled as one patch.
+def _cell_grid(height: int, width: int, patch: int, cell_max: int, halo: int, batch: int | None) -> tuple[int, int]:
+    """Rows and columns of cells. The fewest cells no longer than ``cell_max``, unless the engine's
+    batch is fixed: its short last call is padded with copies that are computed and dropped, so a
+    grid with a few more, smaller cells that fills its calls can compute less. Then the grid (up to
+    ``GRID_SLACK`` more rows and columns, cells no shorter than the pooling patch) with the fewest
+    pixels computed, padding included; ties go to fewer windows. 512x512 in calls of 16: 8x8 cells
+    of 64 (one call of 64 windows of 70x70) instead of 7x7 of 74 (49 windows of 80x80, padded to 64)."""
+    rows, cols = math.ceil(height / cell_max), math.ceil(width / cell_max)
+    if not batch or batch <= 1:
+        return rows, cols
+
+    def cost(r: int, c: int) -> tuple[int, int]:
+        windows = r * c
+        calls = math.ceil(windows / batch)
+        return calls * batch * (math.ceil(height / r) + 2 * halo) * (math.ceil(width / c) + 2 * halo), windows
+
+    grids = [(r, c) for r in range(rows, rows + GRID_SLACK + 1) for c in range(cols, cols + GRID_SLACK + 1)
+             if (r, c) == (rows, cols) or (height // r >= patch and width // c >= patch)]
+    return min(grids, key=lambda rc: cost(*rc))
+
+
+def cells_plan(height: int, width: int, patch: int, cell_max: int = CELL_MAX, halo: int = CELL_HALO,
+               batch: int | None = None) -> Plan:
+    """Non-overlapping cells with a ``halo`` of context, each pooled as one patch; ``batch``: the
+    engine's fixed batch, if it has one (see :func:`_cell_grid`).
 
     Images the reference pools whole (a side below ``4 * patch``) stay whole: that is the
     reference's own result and computes each pixel once.
     """
     if uses_whole_image(height, width, patch):
         return whole_plan(height, width, "cells")
-    rows, cols = _splits(height, cell_max), _splits(width, cell_max)
+    n_rows, n_cols = _cell_grid(height, width, patch, cell_max, halo, batch)
+    rows, cols = _splits(height, n_rows), _splits(width, n_cols)
     ch = max(b - a for a, b in rows)
     cw = max(b - a for a, b in cols)
     tiles = []
@@ -135,13 +159,15 @@ def exact_plan(height: int, width: int, radius: int, tile: int = TILE_TARGET) ->
     return Plan("exact", height, width, wh, ww, tuple(tiles), False)
 
 
-def make_plan(mode: str, height: int, width: int, patch: int, sparse: bool, radius: int) -> Plan:
+def make_plan(mode: str, height: int, width: int, patch: int, sparse: bool, radius: int,
+              batch: int | None = None) -> Plan:
+    """The plan of ``mode``; ``batch``: the engine's fixed batch, if any (``cells`` fills its calls)."""
     if not sparse:  # no pooling: every mode is the exact whole-image result, tiled to bound memory
         return exact_plan(height, width, radius)
     if mode == "reference":
         return reference_plan(height, width, patch)
     if mode == "cells":
-        return cells_plan(height, width, patch)
+        return cells_plan(height, width, patch, batch=batch)
     raise ValueError(f"unknown tiling {mode!r}")
 
 
