@@ -147,7 +147,7 @@ def exact_plan(height: int, width: int, radius: int, tile: int = TILE_TARGET) ->
     (so the convs zero-pad exactly where the whole image would). Equal to the whole-image result."""
     if height <= tile + 2 * radius and width <= tile + 2 * radius:
         return whole_plan(height, width, "exact")
-    rows, cols = _splits(height, tile), _splits(width, tile)
+    rows, cols = _splits(height, math.ceil(height / tile)), _splits(width, math.ceil(width / tile))
     wh = min(height, max(b - a for a, b in rows) + 2 * radius)
     ww = min(width, max(b - a for a, b in cols) + 2 * radius)
     tiles = []
