@@ -37,7 +37,7 @@ from nsr_deploy.bench.context import BenchContext, Job
 from nsr_deploy.bench.layer_graphs import LAYER_FORMS, export_layer, export_nchwc_layer, layer_runner
 from nsr_deploy.bench.settings import LayerProtocol
 from nsr_deploy.bench.table import Table, fmt
-from nsr_deploy.bench.timing import measure_interleaved
+from nsr_deploy.bench.timing import measure_rows
 from nsr_deploy.errors import NSRError
 
 PROTOCOLS = ("baseline", "fixed size", "fixed FLOPs")
@@ -213,19 +213,13 @@ class LayerSuite:
         return (lambda: runner.infer(mods.x_np, valid)), runner.infer(mods.x_np, valid)[:CHECKED_PATCHES]
 
     def time_backend(self, backend: str) -> None:
-        """Every prepared configuration of ``backend``, interleaved (:func:`measure_interleaved`)."""
+        """Every prepared configuration of ``backend``, interleaved (:func:`.timing.measure_rows`)."""
         p, entries = self.p, self._calls.pop(backend, [])
         try:
-            timings = measure_interleaved({str(i): call for i, (_, _, call) in enumerate(entries)},
-                                          p.runs, p.warmup)
-        except Exception as e:
-            for row, _, _ in entries:
-                row["error"] = f"timing crashed: {type(e).__name__}"
-            raise
+            timings = measure_rows([(row, call) for row, _, call in entries], p.runs, p.warmup)
         finally:
             self._stacks.pop(backend, ExitStack()).close()
-        for i, (row, c, _) in enumerate(entries):
-            timing = timings[str(i)]
+        for (row, c, _), timing in zip(entries, timings):
             ms = timing.mean
             row.update(timing.as_dict())
             row.update({"ms": round(ms, 4), "ms_per_patch": round(ms / p.batch, 4),

@@ -29,7 +29,7 @@ from nsr_deploy.bench.engines import EngineSpec, engine_specs
 from nsr_deploy.bench.images import bench_input
 from nsr_deploy.bench.parity import random_patches
 from nsr_deploy.bench.table import Table, fmt
-from nsr_deploy.bench.timing import Timing, measure, measure_interleaved
+from nsr_deploy.bench.timing import Timing, measure, measure_rows
 from nsr_deploy.errors import NSRError
 
 REFERENCE_PATH = "reference path (torch eager)"
@@ -136,17 +136,12 @@ class ModelSuite:
         valid = np.ones((n, 1, size, size), np.float32)
         self._patch_calls = []
         try:
-            timings = measure_interleaved({str(i): (lambda r=runner: r.infer(x, valid))
-                                           for i, (_, _, runner) in enumerate(entries)},
-                                          self.p.patch_runs, self.p.patch_warmup)
-        except Exception as e:
-            for row, _, _ in entries:
-                row["error"] = f"timing crashed: {type(e).__name__}"
-            raise
+            timings = measure_rows([(row, lambda r=runner: r.infer(x, valid)) for row, _, runner in entries],
+                                   self.p.patch_runs, self.p.patch_warmup)
         finally:
             self._patch_runners.close()
-        for i, (row, flops, _) in enumerate(entries):
-            row.update(self._figures(timings[str(i)], flops, n * size * size))
+        for (row, flops, _), timing in zip(entries, timings):
+            row.update(self._figures(timing, flops, n * size * size))
 
     # -- results -----------------------------------------------------------------------------
     @staticmethod

@@ -98,6 +98,18 @@ def measure_interleaved(calls: dict[str, Callable[[], object]], runs: int, warmu
     return {key: Timing(tuple(times[key]), warmup) for key in keys}
 
 
+def measure_rows(entries: list[tuple[dict, Callable[[], object]]], runs: int, warmup: int) -> list[Timing]:
+    """:func:`measure_interleaved` over prepared ``(row, call)`` pairs, timings in their order. On a crash
+    every row is marked (``error``) before the exception goes on, so no row is left half-filled."""
+    try:
+        timings = measure_interleaved({str(i): call for i, (_, call) in enumerate(entries)}, runs, warmup)
+    except Exception as e:
+        for row, _ in entries:
+            row["error"] = f"timing crashed: {type(e).__name__}"
+        raise
+    return [timings[str(i)] for i in range(len(entries))]
+
+
 @contextmanager
 def torch_threads(threads: int):
     """PyTorch's intra-op thread count set to ``threads`` for the block, restored after."""
