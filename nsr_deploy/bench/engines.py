@@ -15,9 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nsr_deploy.capabilities import TIMING_TWIN_FORM
 from nsr_deploy.errors import NSRError
 
-TWIN_FORM = "matmul"  # the twin has no sparse conv: every form traces to the same plain convs
+TWIN_FORM = TIMING_TWIN_FORM
 TWIN_SEED = 1234
 
 

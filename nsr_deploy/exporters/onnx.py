@@ -18,17 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from nsr_deploy.capabilities import FORM_CHOICES, ONNX_FORMS, STATIC_BATCH_FORMS
 from nsr_deploy.errors import NSRError
 from nsr_deploy.exporters.common import Stages, base_manifest, sha256_bytes, tool_versions
-from nsr_deploy.models.deploy import CONV_FORMS, STATIC_BATCH_FORMS, DeployNet
+from nsr_deploy.models.deploy import DeployNet
 
 OPSETS = range(13, 21)  # Softmax over one axis from 13; the legacy exporter stops at 20
 DEFAULT_OPSET = 17
 DEFAULT_PATCH_BATCH = 16
 MODEL_FILE = "model.onnx"
-ONNX_FORMS = (*CONV_FORMS, "nchwc")
-FORM_CHOICES = (*ONNX_FORMS, "auto")
-STATIC_FORMS = (*STATIC_BATCH_FORMS, "nchwc")
+STATIC_FORMS = STATIC_BATCH_FORMS
 
 
 def check_options(conv_form: str, patch_batch: int | None, opset: int) -> None:
