@@ -161,7 +161,7 @@ def test_export_writes_manifest_and_is_byte_identical(tmp_path):
 
 
 def test_failed_gate_leaves_nothing(tmp_path, monkeypatch):
-    import nsr_deploy.bench.parity as parity
+    import nsr_deploy.checks.verdicts as parity
 
     monkeypatch.setattr(parity, "FP32_MAX_ABS", 0.0)  # nothing passes a zero tolerance
     loaded = make_loaded(CONFIGS[1])

@@ -27,10 +27,10 @@ import numpy as np
 from nsr_deploy.bench.context import BenchContext, Job
 from nsr_deploy.bench.engines import EngineSpec, engine_specs
 from nsr_deploy.bench.images import bench_input
-from nsr_deploy.bench.parity import random_patches
 from nsr_deploy.bench.table import Table, fmt
 from nsr_deploy.bench.timing import Timing, measure, measure_rows
 from nsr_deploy.capabilities import TWIN_BACKENDS
+from nsr_deploy.checks.compare import random_patches
 from nsr_deploy.errors import NSRError
 
 REFERENCE_PATH = "reference path (torch eager)"

@@ -129,34 +129,6 @@ def _assert_dynamic_kept(model, axes: dict) -> None:
                 raise NSRError(f"simplification froze dynamic axis {axis} of {name!r}")
 
 
-def parity_gate(loaded, runner, tolerance: float, samples: list[np.ndarray] | None = None) -> dict:
-    """Random patches and one real image through ``runner`` against the PyTorch reference."""
-    from nsr_deploy.bench.parity import image_parity, patch_parity
-    from nsr_deploy.runtimes.engine import Engine
-
-    cfg = loaded.config
-    n = runner.static_batch or 4
-    results = [patch_parity(loaded.net, runner, n, cfg.patch_size, tolerance)]
-    image, name = samples[0] if samples else default_sample(cfg.channels)
-    engine = Engine(runner, cfg)
-    results.append(image_parity(loaded.net, engine, image, tolerance, name))
-    return {"tolerance_max_abs": tolerance, "passed": all(r.passed for r in results),
-            "checks": [r.as_dict() for r in results]}
-
-
-def default_sample(channels: int) -> tuple[np.ndarray, str]:
-    """The first bundled sample photo as float32 CHW in [0, 1] (grey for 1-channel models)."""
-    from PIL import Image
-
-    from nsr_deploy.assets import sample_paths
-
-    path = sample_paths()[0]
-    img = Image.open(path).convert("L" if channels == 1 else "RGB")
-    arr = np.asarray(img, np.float32) / 255.0
-    chw = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return np.ascontiguousarray(chw), path.name
-
-
 NAME = "onnx"
 STAGES = ["choose", "rewrite", "trace", "simplify", "check", "parity"]
 
@@ -179,7 +151,7 @@ def time_runner(runner, channels: int, batch: int, size: int, repeats: int = 3) 
     """Median milliseconds of one call on ``batch`` patches of ``size``x``size`` (after a warm-up)."""
     import time
 
-    from nsr_deploy.bench.parity import random_patches
+    from nsr_deploy.checks.compare import random_patches
 
     x = random_patches(channels, batch, size, seed=7)
     valid = np.ones((batch, 1, size, size), np.float32)
@@ -194,7 +166,8 @@ def time_runner(runner, channels: int, batch: int, size: int, repeats: int = 3) 
 
 def choose_form(loaded, batch: int, opset: int, threads: int | None, scratch: Path) -> tuple[str, dict]:
     """Build, parity-check and time every candidate in ONNX Runtime; the fastest that passes wins."""
-    from nsr_deploy.bench.parity import FP32_MAX_ABS, patch_parity
+    from nsr_deploy.checks import verdicts
+    from nsr_deploy.checks.compare import patch_parity
     from nsr_deploy.runtimes.ort_runner import OrtRunner
 
     cfg = loaded.config
@@ -208,9 +181,9 @@ def choose_form(loaded, batch: int, opset: int, threads: int | None, scratch: Pa
         path = scratch / f"candidate-{form}.onnx"
         path.write_bytes(model.SerializeToString())
         with OrtRunner(str(path), threads) as runner:
-            check = patch_parity(loaded.net, runner, batch, cfg.patch_size, FP32_MAX_ABS)
+            check = patch_parity(loaded.net, runner, batch, cfg.patch_size, verdicts.FP32_MAX_ABS)
             if not check.passed:
-                report[form] = {"status": "failed parity", "max_abs": check.as_dict()["max_abs"]}
+                report[form] = {"status": "failed parity", "max_abs": check.to_manifest()["max_abs"]}
                 continue
             report[form] = {"status": "ok", "ms": round(time_runner(runner, cfg.channels, batch, cfg.patch_size), 2)}
         path.unlink()
@@ -223,7 +196,8 @@ def choose_form(loaded, batch: int, opset: int, threads: int | None, scratch: Pa
 
 def build(ctx) -> None:
     """Pipeline step: ``model.onnx`` into ``ctx.folder``, gated; starts the manifest."""
-    from nsr_deploy.bench.parity import FP32_MAX_ABS
+    from nsr_deploy.checks import verdicts
+    from nsr_deploy.checks.gates import float_gate
     from nsr_deploy.runtimes.ort_runner import OrtRunner
 
     opts, loaded = ctx.options, ctx.loaded
@@ -239,11 +213,9 @@ def build(ctx) -> None:
     (ctx.folder / MODEL_FILE).write_bytes(data)
     with ctx.stages.stage("parity"):
         with OrtRunner(str(ctx.folder / MODEL_FILE), opts.threads) as runner:
-            parity = parity_gate(loaded, runner, FP32_MAX_ABS)
-    if not parity["passed"]:
-        worst = max(parity["checks"], key=lambda c: c["max_abs"])
-        raise NSRError(f"parity gate failed: ONNX Runtime vs PyTorch reference max abs diff "
-                       f"{worst['max_abs']:.3g} > {FP32_MAX_ABS:g} ({worst['check']}); nothing written")
+            parity = float_gate(loaded.net, runner, verdicts.FP32_MAX_ABS)
+    if not parity.passed:
+        raise NSRError(parity.failure_line("ONNX Runtime fp32"))
     manifest = base_manifest(loaded, form, batch, dynamic_axes(form))
     manifest["opset"] = opts.opset
     target = {"file": MODEL_FILE, "sha256": sha256_bytes(data), "precision": "fp32", "runtime": "onnxruntime",
@@ -256,7 +228,7 @@ def build(ctx) -> None:
         target["auto"] = auto
     manifest["targets"] = {"onnx": target}
     manifest["tools"] = tool_versions("torch", "onnx", "onnxsim", "onnxruntime")
-    manifest["parity"] = {"onnxruntime/fp32": parity}
+    manifest["parity"] = {"onnxruntime/fp32": parity.to_manifest()}
     ctx.manifest.update(manifest)
 
 

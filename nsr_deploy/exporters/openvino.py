@@ -18,7 +18,7 @@ renamed only on success):
           tail / skip convs float. The manifest lists which layers run int8 and why the others don't.
           Ground truth: clean images (the bundled samples) degraded as the model's task says: the
           bundled metadata's task (sr / noise / jpeg), else bicubic SR when scale > 1 and Gaussian
-          noise, sigma 25, at scale 1 (:mod:`~nsr_deploy.exporters.task_quality`).
+          noise, sigma 25, at scale 1 (:mod:`~nsr_deploy.checks.task`).
 
 Shapes follow the ONNX model: the ``grouped`` form has a static patch batch (``Conv.group`` is an
 attribute), the other forms are dynamic in batch and size; the runner fixes them at load time on
@@ -33,6 +33,10 @@ import math
 from importlib import metadata
 from pathlib import Path
 
+from nsr_deploy.checks import verdicts
+from nsr_deploy.checks.gates import float_gate as float_gate_of
+from nsr_deploy.checks.results import GateResult
+from nsr_deploy.checks.samples import sample_folder
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.exporters.common import sha256_bytes
 
@@ -61,7 +65,7 @@ def validate_options(options) -> None:
     if options.precision == "int8":
         _require_nncf()
         if options.calib:
-            from nsr_deploy.exporters.task_quality import image_paths
+            from nsr_deploy.checks.task import image_paths
 
             image_paths(options.calib)  # a folder with images in it, or a one-line error now
     elif options.calib:
@@ -124,33 +128,12 @@ def static_batch_of(model) -> int | None:
 
 
 # -- gates -----------------------------------------------------------------------------------
-def float_gate(loaded, runner, precision: str, samples=None) -> dict:
-    """fp32 / fp16 parity against the PyTorch reference (random patches + a real image)."""
-    from nsr_deploy.bench import parity
-    from nsr_deploy.exporters.onnx import parity_gate
-
-    tolerance = parity.FP32_MAX_ABS if precision == "fp32" else parity.FP16_MAX_ABS
-    gate = parity_gate(loaded, runner, tolerance, samples)
-    if precision == "fp16":
-        gate["min_psnr"] = parity.FP16_MIN_PSNR
-        for check in gate["checks"]:
-            if check["check"] != "real_image":
-                continue
-            psnr = check["psnr"]  # None: identical to the reference
-            enough = psnr is None or psnr >= parity.FP16_MIN_PSNR
-            check["min_psnr"] = parity.FP16_MIN_PSNR
-            check["passed"] = bool(check["passed"] and enough)
-            check["detail"] += f"; PSNR vs fp32 reference {psnr} dB (>= {parity.FP16_MIN_PSNR:g})"
-        gate["passed"] = all(c["passed"] for c in gate["checks"])
-    return gate
-
-
-def _raise_float_gate(gate: dict, precision: str) -> None:
-    failed = [c for c in gate["checks"] if not c["passed"]]
-    worst = max(failed, key=lambda c: c["max_abs"])
-    extra = f", PSNR {worst['psnr']} dB < {worst['min_psnr']:g}" if "min_psnr" in worst else ""
-    raise NSRError(f"parity gate failed: OpenVINO {precision} vs PyTorch reference max abs diff "
-                   f"{worst['max_abs']:.3g} (limit {worst['tolerance']:g}{extra}; {worst['check']}); nothing written")
+def float_gate(loaded, runner, precision: str, samples=None) -> GateResult:
+    """fp32 / fp16 parity against the PyTorch reference (random patches + a real image); fp16 is also
+    held to a PSNR floor against the fp32 reference on the real image."""
+    sample = samples[0] if samples else None
+    gate = float_gate_of(loaded.net, runner, verdicts.tolerance_of(precision), sample)
+    return verdicts.judge_fp16_gate(gate, verdicts.FP16_MIN_PSNR, on=("real_image",)) if precision == "fp16" else gate
 
 
 def check_execution(runner, ops, precision: str) -> dict[str, list[str]]:
@@ -192,7 +175,7 @@ def build(ctx) -> None:
     ctx.manifest["tools"]["openvino_build"] = ov.get_version()
     if precision == "int8":
         ctx.manifest["tools"]["nncf"] = metadata.version("nncf")
-    ctx.manifest["parity"][f"openvino/{precision}"] = gate
+    ctx.manifest["parity"][f"openvino/{precision}"] = gate.to_manifest()
 
 
 def _runner(ctx, path: Path):
@@ -205,8 +188,8 @@ def _runner(ctx, path: Path):
 def _gate_float(ctx, ops, path: Path, precision: str) -> tuple[dict, dict]:
     with _runner(ctx, path) as runner:
         gate = float_gate(ctx.loaded, runner, precision)
-        if not gate["passed"]:
-            _raise_float_gate(gate, precision)
+        if not gate.passed:
+            raise NSRError(gate.failure_line(f"OpenVINO {precision}"))
         used = check_execution(runner, ops, precision)
         return gate, {"runtime_precisions": used, "runtime_precisions_note": RUNTIME_PRECISION_NOTE,
                       "compile_seconds": round(runner.load_seconds, 3)}
@@ -215,8 +198,8 @@ def _gate_float(ctx, ops, path: Path, precision: str) -> tuple[dict, dict]:
 def _build_int8(ctx, model, ops, path: Path, contract: dict) -> tuple[dict, dict]:
     """Calibrate, quantize, gate; on failure once more with the last layers float. The file left in
     ``path`` is the attempt that passed (a failure raises, and the pipeline discards the folder)."""
+    from nsr_deploy.checks.task import task_of
     from nsr_deploy.exporters import openvino_int8 as q
-    from nsr_deploy.exporters.task_quality import task_of
 
     cfg = ctx.loaded.config
     task = task_of(ctx.loaded)
@@ -229,18 +212,18 @@ def _build_int8(ctx, model, ops, path: Path, contract: dict) -> tuple[dict, dict
         for keep_last in ((), last_layers):
             attempt = _int8_attempt(ctx, model, ops, path, contract, batches, keep_last, (references, task, source))
             attempts.append(attempt)
-            if attempt["gate"]["passed"]:
+            if attempt["gate"].passed:
                 break
         else:
-            check = attempts[-1]["gate"]["checks"][0]
-            raise NSRError(f"int8 gate failed: task PSNR drop {check['drop_db']:.3f} dB > {check['tolerance']:g} dB "
-                           f"even with {' and '.join(last_layers)} kept float ({task.describe()}); nothing written "
+            check = attempts[-1]["gate"].checks[0]
+            raise NSRError(f"int8 gate failed: task PSNR drop {check.figures['drop_db']:.3f} dB > {check.tolerance:g} "
+                           f"dB even with {' and '.join(last_layers)} kept float ({task.describe()}); nothing written "
                            f"(try --precision fp16)")
     final = attempts[-1]
     report = q.layer_report(cfg, ops, final["keep"], final["weight_int8"], final["executed_int8"])
     report["other_quantized_ops"] = final["stray"]
-    history = [{"kept_float": list(a["kept_last"]) or None, **{k: a["gate"]["checks"][0][k] for k in
-                ("drop_db", "fp32_psnr", "int8_psnr")}, "passed": a["gate"]["passed"]} for a in attempts]
+    history = [{"kept_float": list(a["kept_last"]) or None, **{k: a["gate"].checks[0].figures[k] for k in
+                ("drop_db", "fp32_psnr", "int8_psnr")}, "passed": a["gate"].passed} for a in attempts]
     entry = {"compile_seconds": final["compile_seconds"], "runtime_precisions": final["runtime_precisions"],
              "runtime_precisions_note": RUNTIME_PRECISION_NOTE,
              "int8": {**report, "calibration": calibration, "attempts": history, "gate_images": source}}
@@ -249,11 +232,11 @@ def _build_int8(ctx, model, ops, path: Path, contract: dict) -> tuple[dict, dict
 
 def _calibration(ctx, task, batch: int) -> tuple[list[dict], dict]:
     """NNCF inputs from ``--calib`` (default: the bundled samples), and what the manifest says of them."""
+    from nsr_deploy.checks.task import read_images
     from nsr_deploy.exporters import openvino_int8 as q
-    from nsr_deploy.exporters.task_quality import read_images
 
     cfg = ctx.loaded.config
-    folder = Path(ctx.options.calib) if ctx.options.calib else q.default_image_folder()
+    folder = Path(ctx.options.calib) if ctx.options.calib else sample_folder()
     images = read_images(folder, cfg.channels, q.CALIB_MAX_IMAGES)
     count = math.ceil(q.CALIB_TILES / batch) * batch  # whole calls for a fixed-batch engine
     tiles = q.calibration_tiles(images, task, cfg.patch_size, count)
@@ -267,12 +250,12 @@ def _calibration(ctx, task, batch: int) -> tuple[list[dict], dict]:
 def _gate_references(ctx, task) -> tuple[list, str]:
     """The int8 gate's images, degraded and restored by the fp32 reference once for all attempts: an
     ``ExportOptions.gate_images`` folder when the pipeline offers one, else the bundled samples."""
-    from nsr_deploy.exporters import openvino_int8 as q
-    from nsr_deploy.exporters.task_quality import read_images
+    from nsr_deploy.checks.gates import task_references
+    from nsr_deploy.checks.task import read_images
 
     folder = getattr(ctx.options, "gate_images", None)
-    images = read_images(folder or q.default_image_folder(), ctx.loaded.config.channels)
-    return q.task_references(ctx.loaded, images, task), str(folder) if folder else "the bundled sample photos"
+    images = read_images(folder or sample_folder(), ctx.loaded.config.channels)
+    return task_references(ctx.loaded.net, images, task), str(folder) if folder else "the bundled sample photos"
 
 
 def _int8_attempt(ctx, model, ops, path: Path, contract: dict, batches, keep_last: tuple, gate_on) -> dict:

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nsr_deploy.checks.results import GateResult
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.exporters.common import sha256_bytes
 
@@ -233,37 +234,15 @@ def build_engine(onnx_bytes: bytes, source: str, profiles, channels: int, precis
 
 
 # -- parity gates ---------------------------------------------------------------------------------------------
-def judge_fp16(gate: dict, min_psnr: float = FP16_MIN_PSNR) -> dict:
-    """fp16 passes on PSNR against the fp32 reference (>= ``min_psnr`` dB on every check), and on the
-    loose max-abs guard ``parity_gate`` already applied. ``psnr`` None means identical outputs."""
-    gate["min_psnr"] = min_psnr
-    for check in gate["checks"]:
-        psnr = check["psnr"]
-        enough = psnr is None or psnr >= min_psnr
-        check["min_psnr"] = min_psnr
-        check["passed"] = bool(check["passed"] and enough)
-        check["detail"] += f"; PSNR vs fp32 reference {psnr} dB (>= {min_psnr:g})"
-    gate["passed"] = all(c["passed"] for c in gate["checks"])
-    return gate
-
-
-def engine_gate(loaded, runner, precision: str) -> dict:
-    """The engine against the PyTorch reference, in the dict shape every target's gate uses."""
-    from nsr_deploy.exporters.onnx import parity_gate
+def engine_gate(loaded, runner, precision: str) -> GateResult:
+    """The engine against the PyTorch reference: fp32 within ``FP32_MAX_ABS``; fp16 on PSNR against the
+    fp32 reference (every check, >= ``FP16_MIN_PSNR``) behind a loose max-abs guard."""
+    from nsr_deploy.checks.gates import float_gate
+    from nsr_deploy.checks.verdicts import judge_fp16_gate
 
     if precision == "fp32":
-        return parity_gate(loaded, runner, FP32_MAX_ABS)
-    return judge_fp16(parity_gate(loaded, runner, FP16_MAX_ABS_GUARD))
-
-
-def gate_failure(gate: dict, precision: str) -> str:
-    """The one-line reason a gate failed."""
-    worst = max((c for c in gate["checks"] if not c["passed"]), key=lambda c: c["max_abs"])
-    limit = f"max abs {worst['max_abs']:.3g} (limit {worst['tolerance']:g})"
-    if "min_psnr" in worst:
-        limit += f", PSNR {worst['psnr']} dB (at least {worst['min_psnr']:g})"
-    return (f"parity gate failed: TensorRT {precision} vs PyTorch reference: {limit} on {worst['check']}; "
-            f"nothing written")
+        return float_gate(loaded.net, runner, FP32_MAX_ABS)
+    return judge_fp16_gate(float_gate(loaded.net, runner, FP16_MAX_ABS_GUARD), FP16_MIN_PSNR)
 
 
 # -- the pipeline step ------------------------------------------------------------------------------------------
@@ -308,7 +287,7 @@ def build(ctx) -> None:
         f"an ONNX twin of model.onnx in the {entry['conv_form']} form (not shipped)"
     ctx.manifest["targets"]["tensorrt"] = entry
     ctx.manifest["tools"]["tensorrt"] = runtime["tensorrt"]
-    ctx.manifest["parity"][f"tensorrt/{options.precision}"] = gate
+    ctx.manifest["parity"][f"tensorrt/{options.precision}"] = gate.to_manifest()
 
 
 def _run_gate(ctx, path: Path, precision: str) -> tuple[dict, dict]:
@@ -318,8 +297,8 @@ def _run_gate(ctx, path: Path, precision: str) -> tuple[dict, dict]:
 
     with TrtRunner(str(path), ctx.options.threads) as runner:
         gate = engine_gate(ctx.loaded, runner, precision)
-        if not gate["passed"]:
-            raise NSRError(gate_failure(gate, precision))
+        if not gate.passed:
+            raise NSRError(gate.failure_line(f"TensorRT {precision}"))
         info = runner.device_info
         engine = runner.engine
         memory = getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size

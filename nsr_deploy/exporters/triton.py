@@ -222,19 +222,19 @@ def portable_onnx(ctx, version_dir: Path, serving: Serving) -> dict:
     The ORT-only file stays where it was for local use. Returns the served model's target entry."""
     import onnx
 
-    from nsr_deploy.bench.parity import FP32_MAX_ABS
+    from nsr_deploy.checks import verdicts
+    from nsr_deploy.checks.gates import float_gate
     from nsr_deploy.exporters.common import sha256_bytes
-    from nsr_deploy.exporters.onnx import parity_gate
     from nsr_deploy.runtimes.ort_runner import OrtRunner
 
     version_dir.mkdir(parents=True)
     served = version_dir / serving.file_name
     shutil.copyfile(ctx.onnx_path, served)
     with OrtRunner(str(served), ctx.options.threads) as runner:
-        parity = parity_gate(ctx.loaded, runner, FP32_MAX_ABS)
-    if not parity["passed"]:
-        raise NSRError("parity gate failed for the portable ONNX model served by Triton; nothing written")
-    ctx.manifest.setdefault("parity", {})["triton-onnxruntime/fp32"] = parity
+        parity = float_gate(ctx.loaded.net, runner, verdicts.FP32_MAX_ABS)
+    if not parity.passed:
+        raise NSRError(parity.failure_line("ONNX Runtime fp32 (the portable model served by Triton)"))
+    ctx.manifest.setdefault("parity", {})["triton-onnxruntime/fp32"] = parity.to_manifest()
     contract = {p.key: p.value for p in onnx.load(str(served), load_external_data=False).metadata_props}
     return {"sha256": sha256_bytes(served.read_bytes()), "precision": "fp32", "runtime": "onnxruntime",
             "conv_form": json.loads(contract.get("nsr_manifest", "{}")).get("conv_form"), "portable": True,
