@@ -12,6 +12,7 @@ from onnx import numpy_helper
 from conftest import decisive_net
 from nsr_deploy.config import NSRConfig
 from nsr_deploy.exporters import onnx as onnx_exporter
+from nsr_deploy.exporters.pipeline import export_onnx
 from nsr_deploy.models.checkpoint import LoadedModel, save_reference_checkpoint
 from nsr_deploy.models.network import NSRNet
 from nsr_deploy.runtimes.ort_runner import OrtRunner
@@ -147,8 +148,8 @@ def test_dynamic_forms_take_any_batch_and_size(tmp_path):
 
 def test_export_writes_manifest_and_is_byte_identical(tmp_path):
     loaded = make_loaded(CONFIGS[1])
-    m1 = onnx_exporter.export_onnx(loaded, tmp_path / "a", "grouped", 4, show_progress=False)
-    onnx_exporter.export_onnx(loaded, tmp_path / "b", "grouped", 4, show_progress=False)
+    m1 = export_onnx(loaded, tmp_path / "a", "grouped", 4, show_progress=False)
+    export_onnx(loaded, tmp_path / "b", "grouped", 4, show_progress=False)
     a, b = (tmp_path / "a" / "model.onnx").read_bytes(), (tmp_path / "b" / "model.onnx").read_bytes()
     assert a == b
     assert m1["io"]["static_batch"] == 4 and m1["conv_form"] == "grouped"
@@ -168,7 +169,7 @@ def test_failed_gate_leaves_nothing(tmp_path, monkeypatch):
     from nsr_deploy.errors import NSRError
 
     with pytest.raises(NSRError, match="parity gate failed"):
-        onnx_exporter.export_onnx(loaded, tmp_path / "out", "matmul", None, show_progress=False)
+        export_onnx(loaded, tmp_path / "out", "matmul", None, show_progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -208,7 +209,7 @@ def test_cli_export_refuses_to_overwrite(tmp_path):
 
 def test_auto_picks_a_form_that_passes_parity(tmp_path):
     loaded = make_loaded(NCHWC_CONFIGS[0])
-    m = onnx_exporter.export_onnx(loaded, tmp_path / "auto", "auto", 4, show_progress=False)
+    m = export_onnx(loaded, tmp_path / "auto", "auto", 4, show_progress=False)
     target = m["targets"]["onnx"]
     report = target["auto"]["candidates"]
     assert set(report) == set(onnx_exporter.ONNX_FORMS)

@@ -32,7 +32,7 @@ from nsr_deploy.errors import NSRError
 from nsr_deploy.exporters import openvino as ov_exporter
 from nsr_deploy.exporters.common import Stages
 from nsr_deploy.exporters.openvino_int8 import int8_gate
-from nsr_deploy.exporters.pipeline import ExportContext, ExportOptions, export
+from nsr_deploy.exporters.pipeline import ExportContext, ExportOptions, export, run_target
 from nsr_deploy.models.checkpoint import LoadedModel
 from nsr_deploy.models.network import NSRNet
 from nsr_deploy.runtimes.manifest import MANIFEST, read_manifest
@@ -92,7 +92,7 @@ def lower(loaded, onnx_folder: Path, out: Path, precision: str) -> dict:
     scratch.mkdir()
     ctx = ExportContext(loaded=loaded, folder=out, options=ExportOptions(precision=precision, show_progress=False),
                         stages=Stages([], False), scratch=scratch, manifest=manifest)
-    ov_exporter.build(ctx)
+    run_target(ov_exporter, ctx)
     (out / MANIFEST).write_text(json.dumps(ctx.manifest))
     return ctx.manifest
 

@@ -48,10 +48,13 @@ class Check:
 @dataclass(frozen=True)
 class GateResult:
     """A gate: its checks and the limits they were held to (``tolerance_max_abs`` and, for fp16,
-    ``min_psnr``; int8: ``tolerance_drop_db`` and the ``task``). Passes when every check passes."""
+    ``min_psnr``; int8: ``tolerance_drop_db`` and the ``task``). Passes when every check passes.
+    ``facts``: what running the engine showed besides parity (compile time, execution precisions),
+    for the target's manifest entry; not part of the gate's own record."""
 
     checks: tuple[Check, ...]
     limits: Mapping = field(default_factory=dict)
+    facts: Mapping = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:

@@ -18,9 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from nsr_deploy.capabilities import FORM_CHOICES, ONNX_FORMS, STATIC_BATCH_FORMS
+from nsr_deploy.capabilities import (
+    AUTO_FORM,
+    FORM_CHOICES,
+    ONNX_FORMS,
+    ORT_ONLY_FORMS,
+    PORTABLE_FORM,
+    STATIC_BATCH_FORMS,
+)
+from nsr_deploy.checks.results import GateResult
 from nsr_deploy.errors import NSRError
 from nsr_deploy.exporters.common import Stages, base_manifest, sha256_bytes, tool_versions
+from nsr_deploy.exporters.target import Artifact
 from nsr_deploy.models.deploy import DeployNet
 
 OPSETS = range(13, 21)  # Softmax over one axis from 13; the legacy exporter stops at 20
@@ -194,59 +203,46 @@ def choose_form(loaded, batch: int, opset: int, threads: int | None, scratch: Pa
                                        "threads": threads, "candidates": report}
 
 
-def build(ctx) -> None:
-    """Pipeline step: ``model.onnx`` into ``ctx.folder``, gated; starts the manifest."""
-    from nsr_deploy.checks import verdicts
-    from nsr_deploy.checks.gates import float_gate
-    from nsr_deploy.runtimes.ort_runner import OrtRunner
-
+def build(ctx) -> Artifact:
+    """Pipeline step: ``model.onnx`` into ``ctx.folder``; the I/O contract the manifest starts with."""
     opts, loaded = ctx.options, ctx.loaded
     check_options(opts.conv_form, opts.patch_batch, opts.opset)
     form, auto = opts.conv_form, None
     batch_for_static = opts.patch_batch or DEFAULT_PATCH_BATCH
-    if form == "auto":
+    if form == AUTO_FORM:
         with ctx.stages.stage("choose"):
             form, auto = choose_form(loaded, batch_for_static, opts.opset, opts.threads, ctx.scratch)
     batch = batch_for_static if form in STATIC_FORMS else None
     model = build_onnx(loaded, form, batch, opts.opset, ctx.stages)
     data = model.SerializeToString()
     (ctx.folder / MODEL_FILE).write_bytes(data)
-    with ctx.stages.stage("parity"):
-        with OrtRunner(str(ctx.folder / MODEL_FILE), opts.threads) as runner:
-            parity = float_gate(loaded.net, runner, verdicts.FP32_MAX_ABS)
-    if not parity.passed:
-        raise NSRError(parity.failure_line("ONNX Runtime fp32"))
-    manifest = base_manifest(loaded, form, batch, dynamic_axes(form))
-    manifest["opset"] = opts.opset
-    target = {"file": MODEL_FILE, "sha256": sha256_bytes(data), "precision": "fp32", "runtime": "onnxruntime",
-              "conv_form": form, "static_batch": batch, "portable": form != "nchwc"}
-    if form == "nchwc":
-        target["nchwc_block"] = int({p.key: p.value for p in model.metadata_props}["nsr_nchwc_block"])
-        target["note"] = ("ONNX Runtime on x86 only (internal com.microsoft.nchwc ops); the block size must match "
-                          "the machine's; other runtimes get a portable form")
+    contract = {**base_manifest(loaded, form, batch, dynamic_axes(form)), "opset": opts.opset}
+    portable = form not in ORT_ONLY_FORMS
+    entry = {"file": MODEL_FILE, "sha256": sha256_bytes(data), "precision": "fp32", "runtime": "onnxruntime",
+             "conv_form": form, "static_batch": batch, "portable": portable}
+    if not portable:
+        entry["nchwc_block"] = int({p.key: p.value for p in model.metadata_props}["nsr_nchwc_block"])
+        entry["note"] = ("ONNX Runtime on x86 only (internal com.microsoft.nchwc ops); the block size must match "
+                         "the machine's; other runtimes get a portable form")
     if auto:
-        target["auto"] = auto
-    manifest["targets"] = {"onnx": target}
-    manifest["tools"] = tool_versions("torch", "onnx", "onnxsim", "onnxruntime")
-    manifest["parity"] = {"onnxruntime/fp32": parity.to_manifest()}
-    ctx.manifest.update(manifest)
+        entry["auto"] = auto
+    return Artifact(NAME, ctx.folder / MODEL_FILE, "ONNX Runtime fp32", "onnxruntime/fp32", entry,
+                    tool_versions("torch", "onnx", "onnxsim", "onnxruntime"), contract)
 
 
-def build_portable(loaded, folder: Path, patch_batch: int | None, opset: int, form: str = "grouped") -> Path:
+def gate(artifact: Artifact, ctx) -> GateResult:
+    """Pipeline step: ONNX Runtime on ``model.onnx`` against the PyTorch reference, fp32 tolerance."""
+    from nsr_deploy.checks import verdicts
+    from nsr_deploy.checks.gates import float_gate
+    from nsr_deploy.runtimes.ort_runner import OrtRunner
+
+    with ctx.stages.stage("parity"), OrtRunner(str(artifact.path), ctx.options.threads) as runner:
+        return float_gate(ctx.loaded.net, runner, verdicts.FP32_MAX_ABS)
+
+
+def build_portable(loaded, folder: Path, patch_batch: int | None, opset: int, form: str = PORTABLE_FORM) -> Path:
     """A portable ONNX model (for lowering into other runtimes) when model.onnx is ORT-only."""
     batch = (patch_batch or DEFAULT_PATCH_BATCH) if form in STATIC_FORMS else None
     path = folder / f"portable-{form}.onnx"
     path.write_bytes(build_onnx(loaded, form, batch, opset).SerializeToString())
     return path
-
-
-def export_onnx(loaded, out: str | Path, conv_form: str = "grouped", patch_batch: int | None = DEFAULT_PATCH_BATCH,
-                opset: int = DEFAULT_OPSET, force: bool = False, threads: int | None = None,
-                show_progress: bool = True) -> dict:
-    """Export, gate and write ``OUT/model.onnx`` + ``OUT/nsr.json``; returns the manifest."""
-    from nsr_deploy.exporters.pipeline import ExportOptions, export
-
-    check_options(conv_form, patch_batch, opset)
-    opts = ExportOptions(conv_form=conv_form, patch_batch=patch_batch, opset=opset, force=force, threads=threads,
-                         show_progress=show_progress)
-    return export(loaded, out, "onnx", opts)

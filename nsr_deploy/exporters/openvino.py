@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from nsr_deploy.checks.results import GateResult
 from nsr_deploy.checks.samples import sample_folder
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.exporters.common import sha256_bytes
+from nsr_deploy.exporters.target import Artifact
 
 NAME = "openvino"
 STAGES = ["openvino-convert", "openvino-compress", "openvino-parity"]
@@ -149,8 +151,9 @@ def check_execution(runner, ops, precision: str) -> dict[str, list[str]]:
 
 
 # -- the pipeline step -----------------------------------------------------------------------
-def build(ctx) -> None:
-    """Pipeline step: ``model.xml`` + ``model.bin`` into ``ctx.folder``, gated; extends the manifest."""
+def build(ctx) -> Artifact:
+    """Pipeline step: ``model.xml`` + ``model.bin`` into ``ctx.folder``. int8's build searches with its
+    task gate (a retry with the last layers float); the gate step then returns the kept attempt's."""
     import openvino as ov
 
     from nsr_deploy.exporters.openvino_graph import classify
@@ -162,20 +165,33 @@ def build(ctx) -> None:
         contract = contract_of(ctx.manifest, ctx.onnx_path)
         model = convert(ctx.onnx_path)
         ops = classify(model)
+    state, entry = ops, {}
     if precision == "int8":
-        gate, entry = _build_int8(ctx, model, ops, path, contract)
+        state, entry = _build_int8(ctx, model, ops, path, contract)
     else:
         with ctx.stages.stage("openvino-compress"):
             save(model, path, precision, contract)
-        with ctx.stages.stage("openvino-parity"):
-            gate, entry = _gate_float(ctx, ops, path, precision)
-    ctx.manifest["targets"]["openvino"] = {**_target_entry(path, precision, contract, static_batch_of(model)),
-                                           **entry}
-    ctx.manifest["tools"]["openvino"] = metadata.version("openvino")
-    ctx.manifest["tools"]["openvino_build"] = ov.get_version()
+    tools = {"openvino": metadata.version("openvino"), "openvino_build": ov.get_version()}
     if precision == "int8":
-        ctx.manifest["tools"]["nncf"] = metadata.version("nncf")
-    ctx.manifest["parity"][f"openvino/{precision}"] = gate.to_manifest()
+        tools["nncf"] = metadata.version("nncf")
+    return Artifact(NAME, path, f"OpenVINO {precision}", f"openvino/{precision}",
+                    {**_target_entry(path, precision, contract, static_batch_of(model)), **entry}, tools, state=state)
+
+
+def gate(artifact: Artifact, ctx) -> GateResult:
+    """Pipeline step: fp32 / fp16 against the PyTorch reference, and the CPU plugin's execution precisions
+    checked (the softmax and kernel mixing must run f32); int8: the kept attempt's task gate."""
+    if isinstance(artifact.state, GateResult):
+        return artifact.state
+    precision = ctx.options.precision
+    with ctx.stages.stage("openvino-parity"), _runner(ctx, artifact.path) as runner:
+        result = float_gate(ctx.loaded, runner, precision)
+        if not result.passed:
+            return result
+        used = check_execution(runner, artifact.state, precision)
+        facts = {"runtime_precisions": used, "runtime_precisions_note": RUNTIME_PRECISION_NOTE,
+                 "compile_seconds": round(runner.load_seconds, 3)}
+    return replace(result, facts=facts)
 
 
 def _runner(ctx, path: Path):
@@ -185,17 +201,7 @@ def _runner(ctx, path: Path):
     return OvRunner(str(path), ctx.options.threads, cache=False)
 
 
-def _gate_float(ctx, ops, path: Path, precision: str) -> tuple[dict, dict]:
-    with _runner(ctx, path) as runner:
-        gate = float_gate(ctx.loaded, runner, precision)
-        if not gate.passed:
-            raise NSRError(gate.failure_line(f"OpenVINO {precision}"))
-        used = check_execution(runner, ops, precision)
-        return gate, {"runtime_precisions": used, "runtime_precisions_note": RUNTIME_PRECISION_NOTE,
-                      "compile_seconds": round(runner.load_seconds, 3)}
-
-
-def _build_int8(ctx, model, ops, path: Path, contract: dict) -> tuple[dict, dict]:
+def _build_int8(ctx, model, ops, path: Path, contract: dict) -> tuple[GateResult, dict]:
     """Calibrate, quantize, gate; on failure once more with the last layers float. The file left in
     ``path`` is the attempt that passed (a failure raises, and the pipeline discards the folder)."""
     from nsr_deploy.checks.task import task_of

@@ -27,12 +27,14 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from nsr_deploy.capabilities import AUTO_FORM
 from nsr_deploy.checks.results import GateResult
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.exporters.common import sha256_bytes
+from nsr_deploy.exporters.target import Artifact
 
 NAME = "tensorrt"
 STAGES = ["tensorrt-check", "tensorrt-build", "tensorrt-parity"]
@@ -245,10 +247,11 @@ def engine_gate(loaded, runner, precision: str) -> GateResult:
     return judge_fp16_gate(float_gate(loaded.net, runner, FP16_MAX_ABS_GUARD), FP16_MIN_PSNR)
 
 
-# -- the pipeline step ------------------------------------------------------------------------------------------
-def build(ctx) -> None:
-    """Pipeline step: ``model.engine`` into ``ctx.folder``, gated; extends the manifest."""
+# -- the pipeline steps -----------------------------------------------------------------------------------------
+def build(ctx) -> Artifact:
+    """Pipeline step: ``model.engine`` into ``ctx.folder``; the engine's build facts for the manifest."""
     import onnx
+    import tensorrt as trt
 
     from nsr_deploy.exporters.tensorrt_profiles import profile_plan
     from nsr_deploy.exporters.tensorrt_support import routing_nodes, support_summary
@@ -259,7 +262,7 @@ def build(ctx) -> None:
     if why:
         raise BackendUnavailable(f"cannot build target 'tensorrt' here: {why}")
     ranking = None
-    if options.conv_form == "auto":  # TensorRT's own choice, by documented support and FLOPs
+    if options.conv_form == AUTO_FORM:  # TensorRT's own choice, by documented support and FLOPs
         from nsr_deploy.exporters.tensorrt_support import preferred_conv_form_for
 
         form, ranking = preferred_conv_form_for(ctx.loaded, options.patch_batch, options.opset)
@@ -277,40 +280,46 @@ def build(ctx) -> None:
                              options.workspace_mib, options.timing_cache, routing)
         path = ctx.folder / MODEL_FILE
         path.write_bytes(built.engine)
-    with ctx.stages.stage("tensorrt-parity"):
-        gate, runtime = _run_gate(ctx, path, options.precision)
-    entry = target_entry(built, profiles, cfg.channels, options, static, conv_form_of(model), runtime)
+    entry = target_entry(built, profiles, cfg.channels, options, static, conv_form_of(model))
     entry["operator_support"] = support_summary(model)
     if ranking is not None:
         entry["auto"] = ranking
     entry["onnx_source"] = "model.onnx" if onnx_path.parent == ctx.folder else \
         f"an ONNX twin of model.onnx in the {entry['conv_form']} form (not shipped)"
-    ctx.manifest["targets"]["tensorrt"] = entry
-    ctx.manifest["tools"]["tensorrt"] = runtime["tensorrt"]
-    ctx.manifest["parity"][f"tensorrt/{options.precision}"] = gate.to_manifest()
+    return Artifact(NAME, path, f"TensorRT {options.precision}", f"tensorrt/{options.precision}", entry,
+                    {"tensorrt": trt.__version__})
 
 
-def _run_gate(ctx, path: Path, precision: str) -> tuple[dict, dict]:
+def gate(artifact: Artifact, ctx) -> GateResult:
+    """Pipeline step: the engine through ``TrtRunner`` against the PyTorch reference; where it runs (GPU,
+    compute capability, memory) as the gate's facts."""
     import tensorrt as trt
 
     from nsr_deploy.runtimes.trt_runner import TrtRunner
 
-    with TrtRunner(str(path), ctx.options.threads) as runner:
-        gate = engine_gate(ctx.loaded, runner, precision)
-        if not gate.passed:
-            raise NSRError(gate.failure_line(f"TensorRT {precision}"))
+    with ctx.stages.stage("tensorrt-parity"), TrtRunner(str(artifact.path), ctx.options.threads) as runner:
+        result = engine_gate(ctx.loaded, runner, ctx.options.precision)
         info = runner.device_info
         engine = runner.engine
         memory = getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size
-        runtime = {"tensorrt": trt.__version__, "gpu": info.name, "compute_capability": info.compute_capability,
-                   "cuda_provider": runner.device.provider, "device_memory_bytes": int(memory),
-                   "load_seconds": round(runner.load_seconds, 3)}
-    return gate, runtime
+        facts = runtime_entry(trt.__version__, info.name, info.compute_capability, runner.device.provider,
+                              int(memory), runner.load_seconds)
+    return replace(result, facts=facts)
 
 
-def target_entry(built: EngineBuild, profiles, channels: int, options, static: int | None, form: str | None,
-                 runtime: dict) -> dict:
-    """The manifest's ``targets.tensorrt``: the file, where it runs, how it was built."""
+def runtime_entry(version: str, gpu: str, capability: str, provider: str, memory_bytes: int,
+                  load_seconds: float) -> dict:
+    """The manifest's ``targets.tensorrt`` facts that only running the engine shows: where it runs."""
+    return {"tensorrt": version, "gpu": gpu, "compute_capability": capability,
+            "portability": (f"runs only with TensorRT {version} on a GPU of compute capability {capability} "
+                            f"(built on {gpu}); elsewhere, re-export"),
+            "device_memory_mib": round(memory_bytes / MIB, 1), "cuda_provider": provider,
+            "load_seconds": round(load_seconds, 3)}
+
+
+def target_entry(built: EngineBuild, profiles, channels: int, options, static: int | None, form: str | None
+                 ) -> dict:
+    """The manifest's ``targets.tensorrt``: the file and how it was built (where it runs: :func:`gate`)."""
     tiles = profiles[0]
     entry = {
         "file": MODEL_FILE,
@@ -318,11 +327,6 @@ def target_entry(built: EngineBuild, profiles, channels: int, options, static: i
         "bytes": len(built.engine),
         "precision": options.precision,
         "runtime": "tensorrt",
-        "tensorrt": runtime["tensorrt"],
-        "gpu": runtime["gpu"],
-        "compute_capability": runtime["compute_capability"],
-        "portability": (f"runs only with TensorRT {runtime['tensorrt']} on a GPU of compute capability "
-                        f"{runtime['compute_capability']} (built on {runtime['gpu']}); elsewhere, re-export"),
         "conv_form": form,
         "static_batch": static,
         "batch_profile": tiles.batch.as_list(),
@@ -331,9 +335,6 @@ def target_entry(built: EngineBuild, profiles, channels: int, options, static: i
         "workspace_mib": options.workspace_mib,
         "timing_cache": built.timing_cache,
         "build_seconds": round(built.seconds, 3),
-        "device_memory_mib": round(runtime["device_memory_bytes"] / MIB, 1),
-        "cuda_provider": runtime["cuda_provider"],
-        "load_seconds": runtime["load_seconds"],
     }
     if options.precision == "fp16":
         entry["fp32_layers"] = {"count": len(built.fp32_layers), "why": "sparsity routing (patch pooling, MLP, "
