@@ -324,7 +324,7 @@ class DriftingMachine:
 def test_interleaved_timing_keeps_ratios_on_a_drifting_machine(monkeypatch):
     import types
 
-    from nsr_deploy.bench import timing
+    from nsr_deploy import timing
 
     work = {"baseline": 1.0, "sparse": 0.4}
     fake = DriftingMachine(work, drift_per_call=0.02)

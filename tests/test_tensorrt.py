@@ -21,7 +21,7 @@ from nsr_deploy.checks.verdicts import judge_fp16_gate
 from nsr_deploy.cli import main
 from nsr_deploy.config import NSRConfig
 from nsr_deploy.errors import BackendUnavailable, NSRError
-from nsr_deploy.exporters import onnx as onnx_exporter
+from nsr_deploy.exporters import onnx_graph
 from nsr_deploy.exporters import tensorrt as trt_target
 from nsr_deploy.exporters import tensorrt_support as support
 from nsr_deploy.exporters.pipeline import ExportOptions, export
@@ -46,7 +46,7 @@ def _loaded(cfg: NSRConfig, seed: int = 0) -> LoadedModel:
 
 def _graphs(cfg: NSRConfig, forms=PORTABLE) -> dict:
     loaded = _loaded(cfg)
-    return {f: onnx_exporter.build_onnx(loaded, f, BATCH if f == "grouped" else None) for f in forms}
+    return {f: onnx_graph.build_onnx(loaded, f, BATCH if f == "grouped" else None) for f in forms}
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_ort_only_nchwc_form_is_refused_with_the_nodes_named():
 
     if unsupported_reason(TINY, mlas_block_size()):
         pytest.skip("this machine's ONNX Runtime has no NCHWc kernels for the tiny model")
-    model = onnx_exporter.build_onnx(_loaded(TINY), "nchwc", BATCH)
+    model = onnx_graph.build_onnx(_loaded(TINY), "nchwc", BATCH)
     bad = support.unsupported_nodes(model)
     assert bad and all(f.op.startswith("com.microsoft") for f in bad)
     with pytest.raises(NSRError, match=r"node\(s\) TensorRT cannot parse: .*com\.microsoft") as e:
@@ -246,7 +246,7 @@ def test_engine_gate_has_the_onnx_gate_shape(tmp_path):
 
     loaded = _loaded(TINY)
     path = tmp_path / "m.onnx"
-    path.write_bytes(onnx_exporter.build_onnx(loaded, "matmul", None).SerializeToString())
+    path.write_bytes(onnx_graph.build_onnx(loaded, "matmul", None).SerializeToString())
     with OrtRunner(str(path), threads=1) as runner:
         reference = float_gate(loaded.net, runner, 1e-4).to_manifest()
         gate = trt_target.engine_gate(loaded, runner, "fp16").to_manifest()

@@ -98,7 +98,7 @@ def fallback_checks(name, loaded, x, valid):
     import onnxruntime as ort
 
     from nsr_deploy.checks.compare import patch_parity
-    from nsr_deploy.exporters import onnx as onnx_exporter
+    from nsr_deploy.exporters import onnx_graph as onnx_exporter
     from nsr_deploy.exporters.tensorrt_support import preferred_conv_form, support_summary
     from nsr_deploy.runtimes.ort_runner import OrtRunner
 

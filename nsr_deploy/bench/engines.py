@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nsr_deploy.capabilities import TIMING_TWIN_FORM
+from nsr_deploy.capabilities import REFERENCE_BACKEND, TARGET_OF_BACKEND, TIMING_TWIN_FORM
 from nsr_deploy.errors import NSRError
 
 TWIN_FORM = TIMING_TWIN_FORM
@@ -134,21 +134,19 @@ class EngineFactory:
     # -- running ----------------------------------------------------------------------------
     def runner(self, spec: EngineSpec):
         """A fresh (inactive) runner for ``spec``. Raises NSRError when the engine cannot be built."""
-        if spec.backend == "torch":
-            from nsr_deploy.runtimes.torch_runner import TorchRunner
+        from nsr_deploy.runtimes import runner_class
 
+        cls = runner_class(spec.backend)
+        if spec.backend == REFERENCE_BACKEND:
             model = self.model_of(spec)
-            return TorchRunner(model.source, self.threads, net=model.net)
-        if spec.backend == "onnxruntime":
-            from nsr_deploy.runtimes.ort_runner import OrtRunner
-
-            if spec.precision != "fp32":
-                raise NSRError(f"ONNX Runtime engines are fp32 here, not {spec.precision}")
-            return OrtRunner(str(self.onnx_path(spec.form, spec.twin)), self.threads)
-        if spec.backend == "openvino":
-            from nsr_deploy.runtimes.ov_runner import OvRunner
-
-            return OvRunner(str(self.ir_path(spec.form, spec.precision, spec.twin)), self.threads, cache=False)
+            return cls(model.source, self.threads, net=model.net)
+        target = TARGET_OF_BACKEND.get(spec.backend)
+        if target == "onnx" and spec.precision != "fp32":
+            raise NSRError(f"ONNX Runtime engines are fp32 here, not {spec.precision}")
+        if target == "onnx":
+            return cls(str(self.onnx_path(spec.form, spec.twin)), self.threads)
+        if target == "openvino":
+            return cls(str(self.ir_path(spec.form, spec.precision, spec.twin)), self.threads, cache=False)
         raise NSRError(f"the bench cannot build {spec.backend} engines")
 
 

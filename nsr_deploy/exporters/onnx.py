@@ -1,4 +1,5 @@
-"""ONNX target: deploy rewrite -> trace -> onnxsim -> full checker -> parity gate.
+"""ONNX target: deploy rewrite -> trace -> onnxsim -> full checker (:mod:`.onnx_graph`), then the
+parity gate in ONNX Runtime.
 
 Writes ``OUT/model.onnx`` and ``OUT/nsr.json`` atomically (a temp folder renamed into place only
 after every gate passed). The same inputs give byte-identical model files.
@@ -6,37 +7,22 @@ after every gate passed). The same inputs give byte-identical model files.
 Conv forms: the portable ``grouped``, ``matmul``, ``dense-mix`` (traced from the deploy rewrite) and
 the ONNX-Runtime-only ``nchwc`` (written directly in ORT's blocked layout, see :mod:`.nchwc`).
 ``auto`` builds every candidate, checks its parity, times it in ONNX Runtime on this machine and
-keeps the fastest; the timings go into the manifest.
+keeps the fastest (:mod:`.onnx_auto`); the timings go into the manifest.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import warnings
-from pathlib import Path
-
-import numpy as np
-
-from nsr_deploy.capabilities import (
-    AUTO_FORM,
-    FORM_CHOICES,
-    ONNX_FORMS,
-    ORT_ONLY_FORMS,
-    PORTABLE_FORM,
-    STATIC_BATCH_FORMS,
-)
+from nsr_deploy.capabilities import AUTO_FORM, FORM_CHOICES, ORT_ONLY_FORMS, STATIC_BATCH_FORMS
 from nsr_deploy.checks.results import GateResult
 from nsr_deploy.errors import NSRError
-from nsr_deploy.exporters.common import Stages, base_manifest, sha256_bytes, tool_versions
+from nsr_deploy.exporters.common import base_manifest, sha256_bytes, tool_versions
+from nsr_deploy.exporters.onnx_graph import DEFAULT_PATCH_BATCH, build_onnx, dynamic_axes
 from nsr_deploy.exporters.target import Artifact
-from nsr_deploy.models.deploy import DeployNet
 
 OPSETS = range(13, 21)  # Softmax over one axis from 13; the legacy exporter stops at 20
-DEFAULT_OPSET = 17
-DEFAULT_PATCH_BATCH = 16
 MODEL_FILE = "model.onnx"
-STATIC_FORMS = STATIC_BATCH_FORMS
+NAME = "onnx"
+STAGES = ["choose", "rewrite", "trace", "simplify", "check", "parity"]
 
 
 def check_options(conv_form: str, patch_batch: int | None, opset: int) -> None:
@@ -48,100 +34,6 @@ def check_options(conv_form: str, patch_batch: int | None, opset: int) -> None:
         raise NSRError(f"patch batch must be >= 1, got {patch_batch}")
 
 
-def dynamic_axes(conv_form: str) -> dict:
-    spatial = {2: "height", 3: "width"}
-    out_spatial = {2: "out_height", 3: "out_width"}
-    if conv_form in STATIC_FORMS:
-        return {"x": dict(spatial), "valid": dict(spatial), "y": dict(out_spatial)}
-    return {"x": {0: "batch", **spatial}, "valid": {0: "batch", **spatial}, "y": {0: "batch", **out_spatial}}
-
-
-def build_onnx(loaded, conv_form: str, patch_batch: int | None, opset: int = DEFAULT_OPSET,
-               stages: Stages | None = None):
-    """The checked ONNX model of the patch network in ``conv_form`` (traced forms: simplified too)."""
-    if conv_form == "nchwc":
-        return _build_nchwc(loaded, patch_batch or DEFAULT_PATCH_BATCH, opset, stages or Stages([], show=False))
-    return _build_traced(loaded, conv_form, patch_batch, opset, stages or Stages([], show=False))
-
-
-def _finish(model, loaded, conv_form: str, patch_batch: int | None, full_check: bool = True):
-    """Producer, doc and the I/O contract inside the file (a bare model.onnx is self-describing)."""
-    import onnx
-
-    from nsr_deploy import __version__
-
-    cfg = loaded.config
-    model.producer_name = "nsr-deploy"
-    model.producer_version = __version__
-    model.doc_string = f"{cfg.kind} {cfg.task}, conv form {conv_form}"
-    contract = base_manifest(loaded, conv_form, patch_batch, dynamic_axes(conv_form))
-    props = {p.key: p.value for p in model.metadata_props}
-    props["nsr_manifest"] = json.dumps(contract, sort_keys=True)
-    onnx.helper.set_model_props(model, props)
-    try:
-        onnx.checker.check_model(model, full_check=full_check)
-    except onnx.checker.ValidationError as e:
-        raise NSRError(f"the exported ONNX model fails the checker: {str(e).splitlines()[0]}") from None
-    return model
-
-
-def _build_nchwc(loaded, patch_batch: int, opset: int, stages: Stages):
-    from nsr_deploy.exporters.nchwc import build_nchwc_onnx, mlas_block_size, unsupported_reason
-
-    with stages.stage("rewrite"):
-        block = mlas_block_size()
-        why = unsupported_reason(loaded.config, block)
-        if why:
-            raise NSRError(f"conv form 'nchwc' is not available here: {why}")
-        model = build_nchwc_onnx(loaded, patch_batch, block, opset)
-    with stages.stage("check"):
-        # ORT-internal ops have no public schema: the structural check runs, shape inference cannot
-        return _finish(model, loaded, "nchwc", patch_batch, full_check=False)
-
-
-def _build_traced(loaded, conv_form: str, patch_batch: int | None, opset: int, stages: Stages):
-    import onnx
-    import onnxsim
-    import torch
-
-    cfg = loaded.config
-    static = conv_form in STATIC_BATCH_FORMS
-    with stages.stage("rewrite"):
-        deploy = DeployNet(loaded.net, conv_form, patch_batch if static else None).eval()
-    with stages.stage("trace"):
-        n = patch_batch if static else 2
-        x = torch.rand(n, cfg.channels, cfg.patch_size, cfg.patch_size, generator=torch.Generator().manual_seed(0))
-        valid = torch.ones(n, 1, cfg.patch_size, cfg.patch_size)
-        buf = io.BytesIO()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(deploy, (x, valid), buf, dynamo=False, opset_version=opset,
-                              input_names=["x", "valid"], output_names=["y"],
-                              dynamic_axes=dynamic_axes(conv_form), do_constant_folding=True)
-        model = onnx.load_from_string(buf.getvalue())
-    with stages.stage("simplify"):
-        model, ok = onnxsim.simplify(model)
-        if not ok:
-            raise NSRError("onnxsim could not validate the simplified model")
-        _assert_dynamic_kept(model, dynamic_axes(conv_form))
-    with stages.stage("check"):
-        return _finish(model, loaded, conv_form, patch_batch)
-
-
-def _assert_dynamic_kept(model, axes: dict) -> None:
-    """onnxsim can freeze dynamic shapes: refuse a model whose dynamic axes became numbers."""
-    values = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}
-    for name, dims in axes.items():
-        shape = values[name].type.tensor_type.shape.dim
-        for axis in dims:
-            if shape[axis].HasField("dim_value"):
-                raise NSRError(f"simplification froze dynamic axis {axis} of {name!r}")
-
-
-NAME = "onnx"
-STAGES = ["choose", "rewrite", "trace", "simplify", "check", "parity"]
-
-
 def unavailable() -> str | None:
     for module in ("torch", "onnx", "onnxsim", "onnxruntime"):
         try:
@@ -151,58 +43,6 @@ def unavailable() -> str | None:
     return None
 
 
-def candidate_forms() -> list[str]:
-    """Forms worth timing for ``auto``: every portable form, plus ``nchwc`` where ORT has it."""
-    return list(ONNX_FORMS)
-
-
-def time_runner(runner, channels: int, batch: int, size: int, repeats: int = 3) -> float:
-    """Median milliseconds of one call on ``batch`` patches of ``size``x``size`` (after a warm-up)."""
-    import time
-
-    from nsr_deploy.checks.compare import random_patches
-
-    x = random_patches(channels, batch, size, seed=7)
-    valid = np.ones((batch, 1, size, size), np.float32)
-    runner.infer(x, valid)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        runner.infer(x, valid)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
-
-
-def choose_form(loaded, batch: int, opset: int, threads: int | None, scratch: Path) -> tuple[str, dict]:
-    """Build, parity-check and time every candidate in ONNX Runtime; the fastest that passes wins."""
-    from nsr_deploy.checks import verdicts
-    from nsr_deploy.checks.compare import patch_parity
-    from nsr_deploy.runtimes.ort_runner import OrtRunner
-
-    cfg = loaded.config
-    report: dict[str, dict] = {}
-    for form in candidate_forms():
-        try:
-            model = build_onnx(loaded, form, batch if form in STATIC_FORMS else None, opset)
-        except NSRError as e:
-            report[form] = {"status": "unavailable", "why": str(e)}
-            continue
-        path = scratch / f"candidate-{form}.onnx"
-        path.write_bytes(model.SerializeToString())
-        with OrtRunner(str(path), threads) as runner:
-            check = patch_parity(loaded.net, runner, batch, cfg.patch_size, verdicts.FP32_MAX_ABS)
-            if not check.passed:
-                report[form] = {"status": "failed parity", "max_abs": check.to_manifest()["max_abs"]}
-                continue
-            report[form] = {"status": "ok", "ms": round(time_runner(runner, cfg.channels, batch, cfg.patch_size), 2)}
-        path.unlink()
-    timed = {f: r["ms"] for f, r in report.items() if r["status"] == "ok"}
-    if not timed:
-        raise NSRError("no conv form passed the parity gate in ONNX Runtime")
-    return min(timed, key=timed.get), {"workload": f"{batch} patches of {cfg.patch_size}x{cfg.patch_size}",
-                                       "threads": threads, "candidates": report}
-
-
 def build(ctx) -> Artifact:
     """Pipeline step: ``model.onnx`` into ``ctx.folder``; the I/O contract the manifest starts with."""
     opts, loaded = ctx.options, ctx.loaded
@@ -210,9 +50,11 @@ def build(ctx) -> Artifact:
     form, auto = opts.conv_form, None
     batch_for_static = opts.patch_batch or DEFAULT_PATCH_BATCH
     if form == AUTO_FORM:
+        from nsr_deploy.exporters.onnx_auto import choose_form
+
         with ctx.stages.stage("choose"):
             form, auto = choose_form(loaded, batch_for_static, opts.opset, opts.threads, ctx.scratch)
-    batch = batch_for_static if form in STATIC_FORMS else None
+    batch = batch_for_static if form in STATIC_BATCH_FORMS else None
     model = build_onnx(loaded, form, batch, opts.opset, ctx.stages)
     data = model.SerializeToString()
     (ctx.folder / MODEL_FILE).write_bytes(data)
@@ -240,9 +82,3 @@ def gate(artifact: Artifact, ctx) -> GateResult:
         return float_gate(ctx.loaded.net, runner, verdicts.FP32_MAX_ABS)
 
 
-def build_portable(loaded, folder: Path, patch_batch: int | None, opset: int, form: str = PORTABLE_FORM) -> Path:
-    """A portable ONNX model (for lowering into other runtimes) when model.onnx is ORT-only."""
-    batch = (patch_batch or DEFAULT_PATCH_BATCH) if form in STATIC_FORMS else None
-    path = folder / f"portable-{form}.onnx"
-    path.write_bytes(build_onnx(loaded, form, batch, opset).SerializeToString())
-    return path

@@ -34,6 +34,7 @@ from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
+from nsr_deploy.capabilities import PRECISIONS_OF_TARGET
 from nsr_deploy.checks import verdicts
 from nsr_deploy.checks.gates import float_gate as float_gate_of
 from nsr_deploy.checks.results import GateResult
@@ -45,7 +46,7 @@ from nsr_deploy.exporters.target import Artifact
 NAME = "openvino"
 STAGES = ["openvino-convert", "openvino-compress", "openvino-parity"]
 MODEL_FILE = "model.xml"
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = PRECISIONS_OF_TARGET["openvino"]
 WEIGHTS_STORED = {"fp32": "f32", "fp16": "f16", "int8": "i8 for the quantized convs, f32 for the rest"}
 MUST_RUN_F32 = ("softmax", "kernel_mixing")
 RUNTIME_PRECISION_NOTE = ("per op role, the runtimePrecision the CPU plugin's runtime graph reports; on ops with "

@@ -85,7 +85,7 @@ class ExportContext:
         if info.get("conv_form") == form:
             return self._file(info)
         if form not in self._portable:
-            from nsr_deploy.exporters.onnx import build_portable
+            from nsr_deploy.exporters.onnx_graph import build_portable
 
             self._portable[form] = build_portable(self.loaded, self.scratch, self.options.patch_batch,
                                                   self.options.opset, form)

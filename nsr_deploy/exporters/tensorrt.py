@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from nsr_deploy.capabilities import AUTO_FORM
+from nsr_deploy.capabilities import AUTO_FORM, PRECISIONS_OF_TARGET
 from nsr_deploy.checks.results import GateResult
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.exporters.common import sha256_bytes
@@ -39,7 +39,7 @@ from nsr_deploy.exporters.target import Artifact
 NAME = "tensorrt"
 STAGES = ["tensorrt-check", "tensorrt-build", "tensorrt-parity"]
 MODEL_FILE = "model.engine"
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = PRECISIONS_OF_TARGET["tensorrt"]
 MIB = 1 << 20
 
 # Parity gates (documented in the module docstring and README).
