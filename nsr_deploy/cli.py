@@ -12,6 +12,7 @@ import sys
 import click
 
 from nsr_deploy import __version__
+from nsr_deploy.cli_group import OneLineErrorGroup
 from nsr_deploy.errors import NSRError, user_errors
 
 
@@ -35,7 +36,7 @@ def resolve_model(checkpoint, model_name, image_mean, patch_size):
     return load_model(checkpoint or model_name or DEFAULT_MODEL, image_mean, patch_size)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nsr-deploy")
 def main():
     """Export and run Neural Sparse Representation (NSR) restoration networks on edge devices."""
@@ -183,17 +184,23 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
                    "host:6379, ray://host:10001.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Ray actors (with --ray; default 2), each running --threads threads (default 1).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Largest input image, in pixels, read from its header before decoding "
+                   "(default: $NSR_MAX_PIXELS or 40000000).")
 @user_errors
-def restore(inputs, model, output, backend, tiling, threads, tile_batch, suffix, as_json, ray_address, workers):
+def restore(inputs, model, output, backend, tiling, threads, tile_batch, suffix, as_json, ray_address, workers,
+            max_pixels):
     """Restore (upscale / denoise / deblock) images with an exported engine."""
     from tqdm import tqdm
 
     from nsr_deploy.assets import DEFAULT_MODEL
+    from nsr_deploy.budgets import max_pixels as pixel_budget
+    from nsr_deploy.budgets import set_max_pixels
     from nsr_deploy.runtimes import load
     from nsr_deploy.runtimes.restore_files import plan_jobs, restore_file
 
-    if suffix and not suffix.startswith("."):
-        suffix = "." + suffix
+    set_max_pixels(max_pixels)
+    pixel_budget()  # a malformed NSR_MAX_PIXELS is refused now, not per image
     jobs = plan_jobs(list(inputs), output, suffix)
     if workers and ray_address is None:
         raise NSRError("--workers needs --ray")
@@ -227,8 +234,8 @@ def restore(inputs, model, output, backend, tiling, threads, tile_batch, suffix,
                                "failed": len(failed)}, indent=2))
     elif len(outcomes) > 1:
         click.echo(f"{len(outcomes) - len(failed)} restored, {len(failed)} failed ({runner['backend']}, {tiling})")
-    if failed:
-        sys.exit(1)
+    if failed:  # one image that failed is a bad input (2); a folder with some bad files is 1
+        sys.exit(2 if len(outcomes) == 1 else 1)
 
 
 @main.command()

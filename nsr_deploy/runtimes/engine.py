@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nsr_deploy.budgets import check_pixels
 from nsr_deploy.config import NSRConfig
 from nsr_deploy.errors import NSRError
 from nsr_deploy.runtimes.base import Runner
@@ -89,6 +90,7 @@ class Engine:
         """float32 ``[C, H, W]`` -> float32 ``[C, H*s, W*s]``."""
         cfg = self.config
         h, w = x.shape[1:]
+        check_pixels(w, h, "image")
         plan = self.plan(h, w)
         self.last_stats = {"tiling": plan.mode, "pixels": h * w, "pixels_computed": plan.pixels_computed,
                            "compute_ratio": round(plan.compute_ratio, 4), "windows": len(plan.tiles),
