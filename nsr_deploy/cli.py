@@ -129,6 +129,13 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
     """Export a model to deployable engines, gated on parity with the PyTorch reference."""
     from pathlib import Path
 
+    from click.core import ParameterSource
+
+    from nsr_deploy.exporters.output_folder import check_replaceable
+    from nsr_deploy.exporters.target_options import refuse_unhonoured
+
+    # where the result goes is checked first: it needs no heavy import, and nothing is lost if it is wrong
+    check_replaceable(out, force, keep=tuple(p for p in (checkpoint, calib, gate_images) if p and Path(p).exists()))
     from nsr_deploy.exporters.onnx import check_options
     from nsr_deploy.exporters.pipeline import ExportOptions, export, resolve_targets
 
@@ -141,9 +148,13 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
         except (ValueError, AssertionError):
             raise NSRError(f"--batch-profile wants MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got {batch_profile!r}") \
                 from None
-    if Path(out).exists() and not force:
-        raise NSRError(f"{out} exists; pass --force to replace it")
-    resolve_targets(target)  # fail fast, before loading anything, if a target cannot be built here
+    built, _ = resolve_targets(target)  # fail fast, before loading anything, if a target cannot be built here
+    ctx = click.get_current_context()
+    given = {name: value for name, value in (("precision", precision), ("calib", calib), ("gate_images", gate_images),
+                                             ("batch_profile", batch_profile), ("workspace_mib", workspace_mib),
+                                             ("timing_cache", timing_cache))
+             if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
+    refuse_unhonoured(built, given)
     loaded = resolve_model(checkpoint, model_name, image_mean, patch_size)
     opts = ExportOptions(conv_form=conv_form, patch_batch=patch_batch, opset=opset, precision=precision,
                          calib=calib, gate_images=gate_images, threads=threads, batch_profile=profile,

@@ -11,12 +11,12 @@ A target module (``nsr_deploy.exporters.<name>``) provides::
 from __future__ import annotations
 
 import importlib
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.exporters.common import Stages, atomic_output
+from nsr_deploy.exporters.output_folder import scratch_folder
 from nsr_deploy.runtimes.manifest import MANIFEST, write_json
 
 TARGET_MODULES = {
@@ -124,7 +124,7 @@ def export(loaded, out: str | Path, target: str = "onnx", options: ExportOptions
     for module in modules:  # refuse options a target cannot honour before any work is done
         getattr(module, "validate_options", lambda _: None)(options)
     stage_names = [s for m in modules for s in getattr(m, "STAGES", [m.NAME])]
-    with atomic_output(out, options.force) as tmp, tempfile.TemporaryDirectory(prefix="nsr-export-") as scratch:
+    with atomic_output(out, options.force) as tmp, scratch_folder(out) as scratch:
         stages = Stages(stage_names, options.show_progress)
         ctx = ExportContext(loaded, tmp, options, stages, Path(scratch), targets)
         try:
