@@ -20,4 +20,7 @@ def native_config(doc: object, where: str) -> NSRConfig:
         raise NSRError(f"{where}: meta must be an object, got {type(meta).__name__}")
     if isinstance(meta, dict) and not isinstance(meta.get("name", ""), str):
         raise NSRError(f"{where}: meta.name must be a string")
-    return NSRConfig.from_dict(doc["config"])
+    try:
+        return NSRConfig.from_dict(doc["config"])
+    except NSRError as e:
+        raise NSRError(f"{where}: config: {e}") from None

@@ -59,7 +59,9 @@ def read_image(path: str | Path, channels: int) -> LoadedImage:
     """
     path = Path(path)
     budget = max_pixels()
-    Image.MAX_IMAGE_PIXELS = budget  # Pillow's own bomb check then agrees with ours (we check first)
+    # our budget replaces Pillow's bomb limit (a fixed 179 Mpx that --max-pixels could not raise): the
+    # header's size is checked below, before anything is decoded
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with warnings_module.catch_warnings():
             warnings_module.simplefilter("ignore", Image.DecompressionBombWarning)
