@@ -16,8 +16,8 @@ import os
 
 from nsr_deploy.errors import NSRError
 
-# Restoring costs about 100 bytes per input pixel at x2 (float planes in, the blended x4-area output and
-# its weights) and about 300 at x4: 40 Mpx (8000 x 5000) stays near 4-12 GB, inside a 24 GB machine.
+# A 12 Mpx photo restored x2 peaks at 1.04 GiB (README, restore): 40 Mpx (8000 x 5000) is about 3.5 GiB,
+# leaving room on a 24 GB machine for x4 models (4x the output area) and the reference tiling.
 DEFAULT_MAX_PIXELS = 40_000_000
 PIXELS_ENV = "NSR_MAX_PIXELS"
 # 256 M float32 elements = 1 GiB of weights: ~100x the largest NSR model of the paper.
