@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from nsr_deploy.errors import Terminated
+from nsr_deploy.errors import Terminated, exit_interrupted
 
 
 def _raise_terminated(signum, frame):
@@ -36,10 +36,6 @@ class OneLineErrorGroup(click.Group):
                 message += f" (see '{e.ctx.command_path} --help')"
             click.echo(f"error: {message}", err=True)
             sys.exit(2)
-        except Terminated:
-            click.echo("error: terminated", err=True)
-            sys.exit(143)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:  # a signal outside any command (while parsing, importing)
+            exit_interrupted(e)
         sys.exit(rv if isinstance(rv, int) else 0)

@@ -48,11 +48,18 @@ def user_errors(fn):
                 raise
             click.echo(f"error: {message}", err=True)
             sys.exit(2)
-        except Terminated:
-            click.echo("error: terminated", err=True)
-            sys.exit(143)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            exit_interrupted(e)
 
     return wrapper
+
+
+def exit_interrupted(e: KeyboardInterrupt):
+    """Ctrl-C -> ``error: interrupted``, exit 130; SIGTERM -> ``error: terminated``, exit 143."""
+    import sys
+
+    import click
+
+    terminated = isinstance(e, Terminated)
+    click.echo(f"error: {'terminated' if terminated else 'interrupted'}", err=True)
+    sys.exit(143 if terminated else 130)

@@ -11,7 +11,6 @@ Native models: ``NAME.safetensors`` (folded weights, config also in its metadata
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import pickle
@@ -29,6 +28,7 @@ from nsr_deploy.models.conv import fold_weight_norm
 from nsr_deploy.models.native_doc import NATIVE_FORMAT, native_config
 from nsr_deploy.models.network import NSRNet
 from nsr_deploy.models.tensor_checks import check_finite, checked_tensors
+from nsr_deploy.runtimes.contract import sha256_of as sha256_file
 
 
 @dataclass
@@ -43,14 +43,6 @@ class LoadedModel:
     @property
     def config(self) -> NSRConfig:
         return self.net.config
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
