@@ -13,6 +13,7 @@ import click
 
 from nsr_deploy import __version__
 from nsr_deploy.capabilities import AUTO_BACKEND, AUTO_FORM, BACKEND_NAMES, ONNX_FORMS, PRECISIONS, TARGET_CHOICES
+from nsr_deploy.cli_group import OneLineErrorGroup
 from nsr_deploy.errors import NSRError, user_errors
 
 
@@ -36,7 +37,7 @@ def resolve_model(checkpoint, model_name, image_mean, patch_size):
     return load_model(checkpoint or model_name or DEFAULT_MODEL, image_mean, patch_size)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nsr-deploy")
 def main():
     """Export and run Neural Sparse Representation (NSR) restoration networks on edge devices."""
@@ -126,6 +127,13 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
     """Export a model to deployable engines, gated on parity with the PyTorch reference."""
     from pathlib import Path
 
+    from click.core import ParameterSource
+
+    from nsr_deploy.exporters.output_folder import check_replaceable
+    from nsr_deploy.exporters.target_options import refuse_unhonoured
+
+    # where the result goes is checked first: it needs no heavy import, and nothing is lost if it is wrong
+    check_replaceable(out, force, keep=tuple(p for p in (checkpoint, calib, gate_images) if p and Path(p).exists()))
     from nsr_deploy.exporters.onnx import check_options
     from nsr_deploy.exporters.pipeline import ExportOptions, export, resolve_targets
 
@@ -138,9 +146,13 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
         except (ValueError, AssertionError):
             raise NSRError(f"--batch-profile wants MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got {batch_profile!r}") \
                 from None
-    if Path(out).exists() and not force:
-        raise NSRError(f"{out} exists; pass --force to replace it")
-    resolve_targets(target)  # fail fast, before loading anything, if a target cannot be built here
+    built, _ = resolve_targets(target)  # fail fast, before loading anything, if a target cannot be built here
+    ctx = click.get_current_context()
+    given = {name: value for name, value in (("precision", precision), ("calib", calib), ("gate_images", gate_images),
+                                             ("batch_profile", batch_profile), ("workspace_mib", workspace_mib),
+                                             ("timing_cache", timing_cache))
+             if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
+    refuse_unhonoured(built, given)
     loaded = resolve_model(checkpoint, model_name, image_mean, patch_size)
     opts = ExportOptions(conv_form=conv_form, patch_batch=patch_batch, opset=opset, precision=precision,
                          calib=calib, gate_images=gate_images, threads=threads, batch_profile=profile,
@@ -181,15 +193,21 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
                    "host:6379, ray://host:10001.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Ray actors (with --ray; default 2), each running --threads threads (default 1).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Largest input image, in pixels, read from its header before decoding "
+                   "(default: $NSR_MAX_PIXELS or 40000000).")
 @user_errors
-def restore(inputs, model, output, backend, tiling, threads, tile_batch, suffix, as_json, ray_address, workers):
+def restore(inputs, model, output, backend, tiling, threads, tile_batch, suffix, as_json, ray_address, workers,
+            max_pixels):
     """Restore (upscale / denoise / deblock) images with an exported engine."""
     from nsr_deploy.assets import DEFAULT_MODEL
+    from nsr_deploy.budgets import max_pixels as pixel_budget
+    from nsr_deploy.budgets import set_max_pixels
     from nsr_deploy.cli_restore import restore_command
     from nsr_deploy.runtimes.restore_files import plan_jobs
 
-    if suffix and not suffix.startswith("."):
-        suffix = "." + suffix
+    set_max_pixels(max_pixels)
+    pixel_budget()  # a malformed NSR_MAX_PIXELS is refused now, not per image
     jobs = plan_jobs(list(inputs), output, suffix)
     if workers and ray_address is None:
         raise NSRError("--workers needs --ray")

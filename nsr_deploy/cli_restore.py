@@ -80,7 +80,9 @@ def restore_command(jobs, model: str, backend: str, threads: int | None, tiling:
         click.echo(json.dumps(doc, indent=2))
     elif line:
         click.echo(line)
-    return 1 if failed else 0
+    if not failed:
+        return 0
+    return 2 if len(jobs) == 1 else 1  # one image that failed is a bad input; a folder with some bad files is 1
 
 
 def _head(runner: dict, tiling: str, threads: int | None) -> dict:

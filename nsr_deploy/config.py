@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from nsr_deploy.budgets import check_config_values, check_tensor_elements
 from nsr_deploy.errors import NSRError
 
 KERNEL = 3  # every body conv is 3x3
@@ -33,6 +34,7 @@ class NSRConfig:
     patch_size: int = 48
 
     def __post_init__(self):
+        check_config_values(dataclasses.asdict(self))
         problems = []
         if self.channels < 1:
             problems.append(f"channels must be >= 1, got {self.channels}")
@@ -54,6 +56,7 @@ class NSRConfig:
             problems.append("a dense model has k = d = 1")
         if problems:
             raise NSRError("invalid model configuration: " + "; ".join(problems))
+        check_tensor_elements(self.parameter_count(weight_norm=True), "model configuration")
 
     # -- construction helpers -------------------------------------------------------------
     @classmethod
@@ -68,6 +71,7 @@ class NSRConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> NSRConfig:
+        check_config_values(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names - {"width_multiplier", "task"}
         if unknown:

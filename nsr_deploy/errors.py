@@ -1,5 +1,9 @@
 """User-facing errors: one line, exit code 2, never a traceback."""
 
+# optional libraries -> the extra that installs them (a command run without them says what to install)
+OPTIONAL_MODULES = {"torch": "export", "onnx": "export", "onnxsim": "export", "onnxscript": "export",
+                    "nncf": "export", "onnxruntime": "runtime", "openvino": "runtime", "safetensors": "export"}
+
 
 class NSRError(Exception):
     """A problem with the user's input (file, option, model) rather than a bug in nsr-deploy."""
@@ -11,8 +15,21 @@ class BackendUnavailable(NSRError):
     """A runtime or exporter whose library (or device) is missing on this machine."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks (temp folders) run as on Ctrl-C."""
+
+
+def missing_module_message(e: ModuleNotFoundError) -> str | None:
+    top = (e.name or "").split(".")[0]
+    extra = OPTIONAL_MODULES.get(top)
+    if extra is None:
+        return None
+    return f"this command needs {top}, which is not installed: pip install 'nsr-deploy[{extra}]'"
+
+
 def user_errors(fn):
-    """Command decorator: NSRError -> one ``error:`` line on stderr and its exit code; Ctrl-C -> 130."""
+    """Command decorator: NSRError -> one ``error:`` line on stderr and its exit code; Ctrl-C -> 130,
+    SIGTERM -> 143 (after cleanup); a missing optional library -> what to install."""
     import functools
     import sys
 
@@ -25,8 +42,24 @@ def user_errors(fn):
         except NSRError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(130)
+        except ModuleNotFoundError as e:
+            message = missing_module_message(e)
+            if message is None:
+                raise
+            click.echo(f"error: {message}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt as e:
+            exit_interrupted(e)
 
     return wrapper
+
+
+def exit_interrupted(e: KeyboardInterrupt):
+    """Ctrl-C -> ``error: interrupted``, exit 130; SIGTERM -> ``error: terminated``, exit 143."""
+    import sys
+
+    import click
+
+    terminated = isinstance(e, Terminated)
+    click.echo(f"error: {'terminated' if terminated else 'interrupted'}", err=True)
+    sys.exit(143 if terminated else 130)

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from importlib import metadata
-from pathlib import Path
 
 from nsr_deploy import __version__
-from nsr_deploy.errors import NSRError
+from nsr_deploy.exporters.output_folder import atomic_output  # noqa: F401 - where exporters found it
 from nsr_deploy.runtimes.geometry import REFERENCE_PAD, STRIP_WEIGHT, reference_stride
 from nsr_deploy.runtimes.manifest import MANIFEST_FORMAT
 
@@ -30,37 +27,6 @@ def tool_versions(*packages: str) -> dict:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@contextmanager
-def atomic_output(out: str | Path, force: bool = False):
-    """Yield a temp folder beside ``out``; it becomes ``out`` only if the block succeeds."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise NSRError(f"{out} exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise NSRError(f"{out} exists and is not a folder")
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should not be
-    except OSError as e:
-        raise NSRError(f"{out}: cannot write there ({e.strerror or e})") from None
-    try:
-        yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            os.rename(out, old / "x")
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class Stages:

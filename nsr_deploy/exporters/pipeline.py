@@ -9,7 +9,6 @@ without their gates, for the bench to measure.
 from __future__ import annotations
 
 import importlib
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from nsr_deploy.capabilities import ALL_TARGETS, PACKAGING_TARGETS, PORTABLE_FOR
 from nsr_deploy.checks.results import GateResult
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.exporters.common import Stages, atomic_output
+from nsr_deploy.exporters.output_folder import scratch_folder
 from nsr_deploy.exporters.target import Artifact
 from nsr_deploy.runtimes.manifest import MANIFEST, write_json
 
@@ -158,7 +158,7 @@ def export(loaded, out: str | Path, target: str = "onnx", options: ExportOptions
     for module in modules:  # refuse options a target cannot honour before any work is done
         getattr(module, "validate_options", lambda _: None)(options)
     stage_names = [s for m in modules for s in getattr(m, "STAGES", [m.NAME])]
-    with atomic_output(out, options.force) as tmp, tempfile.TemporaryDirectory(prefix="nsr-export-") as scratch:
+    with atomic_output(out, options.force) as tmp, scratch_folder(out) as scratch:
         stages = Stages(stage_names, options.show_progress)
         ctx = ExportContext(loaded, tmp, options, stages, Path(scratch), targets)
         try:

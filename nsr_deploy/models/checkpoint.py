@@ -11,7 +11,6 @@ Native models: ``NAME.safetensors`` (folded weights, config also in its metadata
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import pickle
@@ -22,12 +21,14 @@ from pathlib import Path
 
 import torch
 
+from nsr_deploy.budgets import read_small_text
 from nsr_deploy.config import KERNEL, SKIP_KERNEL, NSRConfig
 from nsr_deploy.errors import NSRError
 from nsr_deploy.models.conv import fold_weight_norm
+from nsr_deploy.models.native_doc import NATIVE_FORMAT, native_config
 from nsr_deploy.models.network import NSRNet
-
-NATIVE_FORMAT = "nsr-deploy/1"
+from nsr_deploy.models.tensor_checks import check_finite, checked_tensors
+from nsr_deploy.runtimes.contract import sha256_of as sha256_file
 
 
 @dataclass
@@ -42,14 +43,6 @@ class LoadedModel:
     @property
     def config(self) -> NSRConfig:
         return self.net.config
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +68,7 @@ def _read_torch_file(path: Path) -> object:
                 f"(possible code execution); nothing in it was run ({first[:160]})"
             ) from None
         raise NSRError(f"{path}: corrupt checkpoint ({first[:160]})") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
+    except Exception as e:  # noqa: BLE001 - a damaged pickle fails in the unpickler's own ways (KeyError, ...)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NSRError(f"{path}: truncated or corrupt checkpoint ({msg[:160]})") from None
 
@@ -89,7 +82,7 @@ def _state_dict_of(obj: object, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj:
         raise NSRError(f"{path}: unknown checkpoint layout (expected a state dict or the trainer's "
                        f"dict with 'model_state_dict')")
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    tensors = checked_tensors(obj, str(path))
     if not tensors:
         keys = ", ".join(list(map(str, obj))[:5])
         raise NSRError(f"{path}: unknown checkpoint layout: no tensors (top-level keys: {keys})")
@@ -256,16 +249,15 @@ def _load_native(path: Path, image_mean: float | None, patch_size: int | None) -
         raise NSRError(f"{st}: weights file not found")
     try:
         if js.exists():
-            doc = json.loads(js.read_text())
+            doc = json.loads(read_small_text(js))
         else:
             with safe_open(str(st), "pt") as f:
                 doc = json.loads((f.metadata() or {}).get("nsr_deploy", "{}"))
-        sd = load_file(str(st))
-    except (SafetensorError, json.JSONDecodeError, OSError) as e:
+        cfg = native_config(doc, str(js))  # checked before any weight is read
+        sd = checked_tensors(load_file(str(st)), str(st))
+    except (SafetensorError, json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
         raise NSRError(f"{st}: unreadable native model ({str(e).splitlines()[0][:160]})") from None
-    if doc.get("format") != NATIVE_FORMAT or "config" not in doc:
-        raise NSRError(f"{js}: not an nsr-deploy model description (format {doc.get('format')!r})")
-    cfg = NSRConfig.from_dict(doc["config"])
+    check_finite(sd, str(st))
     overrides = {}
     if image_mean is not None:
         overrides["image_mean"] = image_mean
@@ -297,6 +289,7 @@ def load_model(spec: str | Path, image_mean: float | None = None, patch_size: in
         return _load_native(path, image_mean, patch_size)
     obj = _read_torch_file(path)
     sd = fold_state_dict(_state_dict_of(obj, path))
+    check_finite(sd, str(path))
     cfg = infer_config(sd, 0.5 if image_mean is None else image_mean, 48 if patch_size is None else patch_size)
     net = build_net(cfg, sd, str(path))
     name = re.sub(r"\W+", "-", path.stem).strip("-") or "model"

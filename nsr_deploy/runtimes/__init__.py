@@ -13,6 +13,7 @@ from pathlib import Path
 
 from nsr_deploy.capabilities import AUTO_ORDER, BACKEND_OF_SUFFIX, BACKENDS, REFERENCE_BACKEND, TARGET_OF_BACKEND
 from nsr_deploy.errors import BackendUnavailable, NSRError
+from nsr_deploy.runtimes.contract import verified_files
 
 
 def runner_class(backend: str):
@@ -41,19 +42,33 @@ def _manifest_of_file(path: Path) -> dict | None:
     from nsr_deploy.runtimes.manifest import MANIFEST, read_manifest
 
     if (path.parent / MANIFEST).exists():
-        return read_manifest(path.parent)
+        manifest = read_manifest(path.parent)
+        for entry in manifest["targets"].values():  # the file the manifest describes must be the one recorded
+            if entry.get("file") == path.name:
+                verified_files(path.parent, entry, str(path.parent / MANIFEST))
+        return manifest
     if path.suffix == ".xml":  # a bare IR: its contract travels in the IR's rt_info
         from nsr_deploy.runtimes.ov_runner import read_ir_manifest
 
-        return read_ir_manifest(path)
+        try:
+            return read_ir_manifest(path)
+        except RuntimeError as e:
+            raise NSRError(f"{path}: OpenVINO cannot read it ({str(e).strip().splitlines()[0][:160]})") from None
     if path.suffix == ".onnx":  # a bare model: its config travels in the ONNX metadata
         try:
             import onnx
         except ImportError:
             return None
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        try:
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        except Exception as e:  # noqa: BLE001 - protobuf's decode errors have no common base worth naming
+            raise NSRError(f"{path}: not a readable ONNX model ({str(e).strip()[:160] or type(e).__name__})") \
+                from None
         if "nsr_manifest" in props:
-            return json.loads(props["nsr_manifest"])
+            try:
+                return json.loads(props["nsr_manifest"])
+            except json.JSONDecodeError as e:
+                raise NSRError(f"{path}: its nsr_manifest metadata is not valid JSON ({e})") from None
     return None
 
 
@@ -64,7 +79,7 @@ def load(path, backend: str = "auto", threads: int | None = None, tiling: str = 
     Activation is lazy: the backend loads on first use or on ``activate()`` / ``with``.
     """
     from nsr_deploy.runtimes.engine import Engine
-    from nsr_deploy.runtimes.manifest import manifest_config, read_manifest
+    from nsr_deploy.runtimes.manifest import MANIFEST, manifest_config, read_manifest
 
     p = Path(str(path))
     if p.is_dir():
@@ -83,12 +98,12 @@ def load(path, backend: str = "auto", threads: int | None = None, tiling: str = 
         target = TARGET_OF_BACKEND[backend]
         if target not in targets:
             raise NSRError(f"{p}: holds no {target} engine (it has: {', '.join(targets)})")
-        file = p / targets[target]["file"]
+        file = verified_files(p, targets[target], str(p / MANIFEST))
         kwargs = {}
         if backend == "openvino" and targets[target].get("static_batch") is None and tile_batch:
             kwargs["tile_batch"] = tile_batch  # dynamic engines are reshaped to the tile batch at load
         runner = runner_class(backend)(str(file), threads, **kwargs)
-        return Engine(runner, manifest_config(manifest), tiling, tile_batch, manifest)
+        return Engine(runner, manifest_config(manifest, str(p / MANIFEST)), tiling, tile_batch, manifest)
     if p.suffix in BACKEND_OF_SUFFIX:
         if not p.exists():
             raise NSRError(f"{p}: no such file")
@@ -99,7 +114,7 @@ def load(path, backend: str = "auto", threads: int | None = None, tiling: str = 
         if manifest is None:
             raise NSRError(f"{p}: no nsr.json beside it, so its I/O contract is unknown")
         runner = runner_class(want)(str(p), threads)
-        return Engine(runner, manifest_config(manifest), tiling, tile_batch, manifest)
+        return Engine(runner, manifest_config(manifest, str(p)), tiling, tile_batch, manifest)
     # anything else: a checkpoint or bundled model, run by the PyTorch reference
     if backend not in ("auto", REFERENCE_BACKEND):
         raise NSRError(f"{p}: a checkpoint runs on the torch backend only (export it for {backend})")

@@ -12,6 +12,8 @@ import threading
 
 import numpy as np
 
+from nsr_deploy.errors import NSRError
+
 
 class Runner:
     backend = "?"
@@ -58,7 +60,7 @@ class Runner:
         valid = np.ascontiguousarray(valid, dtype=np.float32)
         n = self.static_batch
         if n is None or x.shape[0] == n:
-            return self._infer(x, valid)
+            return self._checked_infer(x, valid)
         outs = []
         for i in range(0, x.shape[0], n):
             xb, vb = x[i:i + n], valid[i:i + n]
@@ -66,8 +68,20 @@ class Runner:
             if m < n:  # a fixed-batch engine: pad with copies of the last item, drop them after
                 xb = np.concatenate([xb, np.repeat(xb[-1:], n - m, 0)])
                 vb = np.concatenate([vb, np.repeat(vb[-1:], n - m, 0)])
-            outs.append(self._infer(np.ascontiguousarray(xb), np.ascontiguousarray(vb))[:m])
+            outs.append(self._checked_infer(np.ascontiguousarray(xb), np.ascontiguousarray(vb))[:m])
         return np.concatenate(outs)
+
+    def _checked_infer(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """A backend's own exception (an engine that disagrees with its manifest's shapes, a corrupt
+        engine) becomes one error line naming the engine."""
+        try:
+            return self._infer(x, valid)
+        except (NSRError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - every backend has its own exception types
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise NSRError(f"{self.path}: the {self.backend} engine failed on input {list(x.shape)} ({first})") \
+                from None
 
     # -- for subclasses --------------------------------------------------------------------
     def _activate(self) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from nsr_deploy.budgets import check_pixels
 from nsr_deploy.config import NSRConfig
 from nsr_deploy.errors import NSRError
 from nsr_deploy.runtimes.base import Runner
+from nsr_deploy.runtimes.contract import check_engine_output
 from nsr_deploy.runtimes.tiling import Assembler, Padded, batches, make_plan
 
 TILINGS = ("reference", "cells")
@@ -89,16 +91,22 @@ class Engine:
         """float32 ``[C, H, W]`` -> float32 ``[C, H*s, W*s]``."""
         cfg = self.config
         h, w = x.shape[1:]
+        check_pixels(w, h, "image")
         plan = self.plan(h, w)
         self.last_stats = {"tiling": plan.mode, "pixels": h * w, "pixels_computed": plan.pixels_computed,
                            "compute_ratio": round(plan.compute_ratio, 4), "windows": len(plan.tiles),
                            "window": [plan.window_h, plan.window_w]}
         if plan.whole_image:
-            return self.runner.infer(x[None], np.ones((1, 1, h, w), np.float32))[0]
+            return self._infer(x[None], np.ones((1, 1, h, w), np.float32))[0]
         padded = Padded(x, plan.pad)
         assembler = Assembler(plan, cfg.channels, cfg.scale)
         size = self.tile_batch or self.runner.static_batch or DEFAULT_TILE_BATCH
         for group in batches(plan.tiles, size):
             xs, valid = padded.windows(plan, group)
-            assembler.add(self.runner.infer(xs, valid), group)
+            assembler.add(self._infer(xs, valid), group)
         return assembler.result()
+
+    def _infer(self, xs: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        y = self.runner.infer(xs, valid)
+        check_engine_output(y, xs.shape, self.config, self.runner.path)
+        return y

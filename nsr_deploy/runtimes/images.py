@@ -7,13 +7,16 @@ changes (16-bit depth, grey <-> colour). An alpha channel is kept aside and upsc
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
+import warnings as warnings_module
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from nsr_deploy.budgets import PIXELS_ENV, check_pixels, max_pixels
 from nsr_deploy.errors import NSRError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -44,21 +47,47 @@ def _to_8bit(img: Image.Image, warnings: list[str]) -> Image.Image:
     return img
 
 
+def _sixteen_bit_source(opened: Image.Image) -> bool:
+    """Pillow decodes 16-bit RGB(A) straight to 8-bit ``RGB``; only the decoder's raw mode tells."""
+    return any(";16" in str(tile[3]) for tile in getattr(opened, "tile", None) or [] if len(tile) > 3)
+
+
 def read_image(path: str | Path, channels: int) -> LoadedImage:
-    """Read any Pillow-readable image and shape it for a ``channels``-channel model."""
+    """Read any Pillow-readable image and shape it for a ``channels``-channel model.
+
+    The size is read from the header and checked against the pixel budget before any pixel is decoded.
+    """
     path = Path(path)
+    budget = max_pixels()
+    # our budget replaces Pillow's bomb limit (a fixed 179 Mpx that --max-pixels could not raise): the
+    # header's size is checked below, before anything is decoded
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with Image.open(path) as opened:
-            opened.seek(0)
-            img = ImageOps.exif_transpose(opened)
-            img.load()
+        with warnings_module.catch_warnings():
+            warnings_module.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:  # lazy: only the header has been read
+                check_pixels(*opened.size, str(path))
+                opened.seek(0)
+                deep = _sixteen_bit_source(opened)
+                img = ImageOps.exif_transpose(opened)
+                img.load()
     except FileNotFoundError:
         raise NSRError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except IsADirectoryError:
+        raise NSRError(f"{path}: is a folder, not an image") from None
+    except Image.DecompressionBombError:
+        raise NSRError(f"{path}: its header declares more pixels than the pixel budget "
+                       f"({budget / 1e6:g} Mpx); raise it with --max-pixels or {PIXELS_ENV}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error,
+            IndexError, KeyError, TypeError, ZeroDivisionError) as e:  # what Pillow's decoders raise on bad data
         why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise NSRError(f"{path}: not a readable image ({why})") from None
+    except MemoryError:
+        raise NSRError(f"{path}: not enough memory to decode it") from None
     warnings: list[str] = []
     mode = img.mode
+    if deep and img.mode in ("RGB", "RGBA"):
+        warnings.append(f"16-bit {img.mode} input converted to 8-bit")
     img = _to_8bit(img, warnings)
     alpha = None
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -85,6 +114,12 @@ def upscale_alpha(alpha: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(alpha).resize((size_hw[1], size_hw[0]), Image.BICUBIC))
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_image(path: str | Path, pixels: np.ndarray, alpha: np.ndarray | None = None) -> list[str]:
     """Write atomically (temp file, then rename); returns warnings. Format from the suffix."""
     path = Path(path)
@@ -104,6 +139,7 @@ def write_image(path: str | Path, pixels: np.ndarray, alpha: np.ndarray | None =
     os.close(fd)
     try:
         img.save(tmp, format=fmt, **params)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600; outputs follow the umask
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

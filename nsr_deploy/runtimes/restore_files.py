@@ -42,8 +42,22 @@ class Outcome:
         return {**self.as_dict(), "status": "restored" if self.ok else "failed"}
 
 
+def check_suffix(suffix: str | None) -> str | None:
+    """``--suffix`` as ``.ext``, refused now (before any model loads) unless Pillow can write it."""
+    from PIL import Image
+
+    if not suffix:
+        return None
+    suffix = suffix if suffix.startswith(".") else "." + suffix
+    if suffix.lower() not in IMAGE_SUFFIXES or suffix.lower() not in Image.registered_extensions():
+        raise NSRError(f"--suffix {suffix!r}: not an image format nsr-deploy writes "
+                       f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return suffix
+
+
 def plan_jobs(inputs: list[str], output: str, suffix: str | None = None) -> list[Job]:
     """Pair every input image with its output path."""
+    suffix = check_suffix(suffix)
     if not inputs:
         raise NSRError("no input given")
     sources: list[tuple[Path, Path]] = []  # (file, path relative to where it was found)
@@ -59,6 +73,11 @@ def plan_jobs(inputs: list[str], output: str, suffix: str | None = None) -> list
     if not sources:
         raise NSRError(f"no images found in {', '.join(inputs)}")
     out = Path(output)
+    if out.suffix.lower() in IMAGE_SUFFIXES and (len(sources) > 1 or Path(inputs[0]).is_dir()):
+        raise NSRError(f"-o {output} names one image file, but {len(sources)} images are given: "
+                       f"give a folder as the output")
+    if out.is_file() and not (len(sources) == 1 and out.suffix.lower() in IMAGE_SUFFIXES):
+        raise NSRError(f"-o {output} is a file; give a folder for the outputs")
     single_file = len(sources) == 1 and not Path(inputs[0]).is_dir() and out.suffix.lower() in IMAGE_SUFFIXES
     jobs = []
     for src, rel in sources:
@@ -82,8 +101,8 @@ def restore_file(engine, job: Job) -> Outcome:
         warnings = img.warnings + write_image(job.target, restored, img.alpha)
     except NSRError as e:
         return Outcome(str(job.source), None, False, time.perf_counter() - t0, error=str(e))
-    except (OSError, ValueError, MemoryError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except Exception as e:  # noqa: BLE001 - one bad file is reported and the others still run
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         return Outcome(str(job.source), None, False, time.perf_counter() - t0, error=f"{job.source}: {msg}")
     h, w = img.pixels.shape[:2]
     return Outcome(str(job.source), str(job.target), True, round(time.perf_counter() - t0, 4), [w, h],
