@@ -61,8 +61,6 @@ def set_max_pixels(value: int | None) -> None:
     if value is not None and value < 1:
         raise NSRError(f"--max-pixels must be >= 1, got {value}")
     _override_pixels = value
-    if value is not None:  # worker processes (Ray actors) read the same budget from the environment
-        os.environ[PIXELS_ENV] = str(value)
 
 
 def max_pixels() -> int:

@@ -1,6 +1,7 @@
 """`nsr-deploy restore --ray`: a local Ray cluster (2 actors x 1 thread) restores CSet14 and writes the
 very bytes the single-process command writes; a broken image fails alone; a rerun resumes."""
 
+import hashlib
 import json
 import shutil
 from importlib.util import find_spec
@@ -113,6 +114,9 @@ def test_a_broken_model_is_one_line_before_any_actor_starts(corpus):
     bad = corpus / "bad-engine"
     shutil.copytree(corpus / "engine", bad)
     (bad / "model.onnx").write_bytes(b"not a model")
+    manifest = json.loads((bad / "nsr.json").read_text())  # a corrupt file the manifest vouches for
+    manifest["targets"]["onnx"]["sha256"] = hashlib.sha256(b"not a model").hexdigest()
+    (bad / "nsr.json").write_text(json.dumps(manifest))
     code, _, err = _restore(corpus / "in", "-m", bad, "-o", corpus / "out-bad", "--ray")
     assert code == 2 and err.startswith("error: ") and "ONNX Runtime cannot load it" in err and err.count("\n") == 1
     assert not (corpus / "out-bad").exists()

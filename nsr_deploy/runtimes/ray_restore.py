@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nsr_deploy.budgets import max_pixels
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.runtimes.restore_files import Job, Outcome, restore_file
 
@@ -118,8 +119,12 @@ def check_capacity(ray, workers: int, threads: int) -> None:
 class RestoreActor:
     """One engine per actor, built once; restores the images of each batch it is handed."""
 
-    def __init__(self, model: str, backend: str, threads: int, tiling: str, tile_batch: int | None):
+    def __init__(self, model: str, backend: str, threads: int, tiling: str, tile_batch: int | None,
+                 max_pixels: int | None = None):
+        from nsr_deploy.budgets import set_max_pixels
         from nsr_deploy.runtimes import load
+
+        set_max_pixels(max_pixels)  # the driver's --max-pixels: an actor is another process
 
         self.engine = load(model, backend=backend, threads=threads, tiling=tiling, tile_batch=tile_batch).activate()
 
@@ -186,7 +191,7 @@ def stream_outcomes(ray, todo: list[tuple[int, Job]], model: str, backend: str, 
         RestoreActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
         num_cpus=threads,
         fn_constructor_kwargs={"model": model, "backend": backend, "threads": threads, "tiling": tiling,
-                               "tile_batch": tile_batch})
+                               "tile_batch": tile_batch, "max_pixels": max_pixels()})
     try:
         for row in restored.iter_rows():
             yield int(row["index"]), json.loads(row["report"])
