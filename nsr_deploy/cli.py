@@ -108,7 +108,7 @@ TARGETS = ("onnx", "openvino", "tensorrt", "triton", "all")
               help="Patches per engine call (fixed for the 'grouped' form).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13-20).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-              help="OpenVINO/TensorRT precision (ONNX stays fp32).")
+              help="OpenVINO/TensorRT precision; fp16 also writes model.fp16.onnx (routing kept fp32).")
 @click.option("--calib", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of calibration images for int8 (default: bundled samples).")
 @click.option("--gate-images", type=click.Path(exists=True, file_okay=False), default=None,
@@ -157,7 +157,7 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
                        f"{'ok' if check['passed'] else 'FAIL'}  {check.get('detail', '')}")
     for name, why in manifest.get("skipped_targets", {}).items():
         click.echo(f"skipped {name}: {why}")
-    files = ", ".join(t["file"] for t in manifest["targets"].values())
+    files = ", ".join(f for t in manifest["targets"].values() for f in (t["file"], t.get("fp16", {}).get("file")) if f)
     click.echo(f"wrote {out}/ ({files}, nsr.json)")
 
 

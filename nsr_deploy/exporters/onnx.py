@@ -159,7 +159,8 @@ def default_sample(channels: int) -> tuple[np.ndarray, str]:
 
 
 NAME = "onnx"
-STAGES = ["choose", "rewrite", "trace", "simplify", "check", "parity"]
+STAGES = ["choose", "rewrite", "trace", "simplify", "check", "parity", "fp16-convert", "fp16-parity"]
+PRECISIONS = ("fp32", "fp16")  # fp16: model.fp16.onnx beside model.onnx (:mod:`.onnx_fp16`)
 
 
 def unavailable() -> str | None:
@@ -169,6 +170,17 @@ def unavailable() -> str | None:
         except ImportError:
             return f"{module} is not installed (pip install 'nsr-deploy[export]')"
     return None
+
+
+def validate_options(options) -> None:
+    """fp16 needs its converter; checked before any work (the pipeline calls it up front)."""
+    if options.precision == "fp16":
+        from nsr_deploy.errors import BackendUnavailable
+        from nsr_deploy.exporters.onnx_fp16 import unavailable as fp16_unavailable
+
+        why = fp16_unavailable()
+        if why:
+            raise BackendUnavailable(why)
 
 
 def candidate_forms() -> list[str]:
@@ -259,6 +271,10 @@ def build(ctx) -> None:
     manifest["tools"] = tool_versions("torch", "onnx", "onnxsim", "onnxruntime")
     manifest["parity"] = {"onnxruntime/fp32": parity}
     ctx.manifest.update(manifest)
+    if opts.precision == "fp16":  # every fp16 export ships the fp16 graph it is built from
+        from nsr_deploy.exporters import onnx_fp16
+
+        onnx_fp16.build(ctx)
 
 
 def build_portable(loaded, folder: Path, patch_batch: int | None, opset: int, form: str = "grouped") -> Path:

@@ -1,0 +1,210 @@
+"""The fp16 ONNX model (``model.fp16.onnx``): fp16 weights and activations, the sparsity routing in fp32.
+
+    nsr-deploy export CKPT --target onnx --precision fp16     # model.onnx (fp32) + model.fp16.onnx
+
+Written for GPU runtimes that run an fp16 graph as typed (ONNX Runtime CUDA / DirectML, OpenVINO GPU,
+TensorRT's strongly typed networks, which is how the TensorRT target builds fp16 engines from it).
+
+Conversion: onnxconverter-common's ``convert_float_to_float16`` (maintained, used by ONNX Runtime's
+own tools) with ``keep_io_types`` (inputs and output stay float32, so every runner feeds it as it
+feeds ``model.onnx``) and a node block list: the sparsity routing of every sparse conv (the patch
+pooling ReduceMean, the MLP, the softmax over k and the kernel mixing, found by
+:func:`~nsr_deploy.exporters.tensorrt_support.routing_nodes`) stays fp32 behind explicit Casts,
+because an fp16 softmax over MLP logits is where restoration nets overflow to NaN.
+
+Gates, before anything is written (a failure writes nothing):
+
+* structure: the fp16 graph is walked with ONNX type inference; every routing node must take and
+  produce float32, every Conv must compute in float16;
+* parity: the fp16 graph run with fp16 arithmetic on the CPU (:mod:`.fp16_reference`; ONNX Runtime's
+  and OpenVINO's CPU backends compute fp16 graphs in fp32/bf16, see there) against the fp32 PyTorch
+  reference, judged by the fp16 verdict the OpenVINO target uses (max abs <= 5e-3, PSNR >= 45 dB on a
+  real image), plus ONNX Runtime CPU running the file (fp32 arithmetic over the fp16 weights).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+from pathlib import Path
+
+from nsr_deploy.errors import NSRError
+from nsr_deploy.exporters.common import sha256_bytes
+
+FP16_FILE = "model.fp16.onnx"
+STAGES = ["fp16-convert", "fp16-parity"]
+KEPT_FP32_WHY = "sparsity routing (patch pooling, MLP, softmax over k, kernel mixing): fp16 softmax logits overflow"
+
+
+def unavailable() -> str | None:
+    try:
+        import onnxconverter_common  # noqa: F401
+    except ImportError:
+        return "the fp16 ONNX model needs onnxconverter-common: pip install 'nsr-deploy[export]'"
+    return None
+
+
+def convert(model):
+    """The fp16 twin of an fp32 ONNX model (see the module docstring); checked by the ONNX checker."""
+    import onnx
+    from onnxconverter_common import float16
+
+    from nsr_deploy.exporters.tensorrt_support import routing_nodes
+
+    why = unavailable()
+    if why:
+        raise NSRError(why)
+    routing = routing_nodes(model)
+    with warnings.catch_warnings():  # it warns for every weight below fp16's range it rounds to 1e-7
+        warnings.simplefilter("ignore")
+        half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=sorted(routing.nodes))
+    props = {p.key: p.value for p in half.metadata_props}
+    props["nsr_precision"] = "fp16"
+    onnx.helper.set_model_props(half, props)
+    half.doc_string = f"{model.doc_string}, fp16 (routing fp32)"
+    try:
+        onnx.checker.check_model(half, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise NSRError(f"the fp16 ONNX model fails the checker: {str(e).splitlines()[0]}") from None
+    return half
+
+
+# -- structure: what runs in which type ------------------------------------------------------------------------
+def element_types(model) -> dict[str, int]:
+    """Tensor name -> ONNX element type, after type inference (inputs, outputs, initializers, values)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    graph = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output, *graph.value_info]}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            types[node.output[0]] = node.attribute[0].t.data_type
+    return types
+
+
+def precision_report(model) -> dict:
+    """Which nodes compute in which type, and every break of the fp16 contract (``violations``)."""
+    from onnx import TensorProto
+
+    from nsr_deploy.exporters.tensorrt_support import routing_nodes
+
+    types = element_types(model)
+    name_of = TensorProto.DataType.Name
+    routing = routing_nodes(model)
+    kept, violations = Counter(), []
+    for node in (n for n in model.graph.node if n.name in routing.nodes):
+        kept[node.op_type] += 1
+        for role, names in (("input", node.input), ("output", node.output)):
+            for name in (n for n in names if n):
+                dtype = types.get(name, TensorProto.UNDEFINED)
+                if dtype in (TensorProto.FLOAT16, TensorProto.UNDEFINED):  # int64 shapes and axes are fine
+                    violations.append(f"{node.name} ({node.op_type}) {role} {name} is {name_of(dtype)}, not FLOAT")
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    for conv in convs:
+        if types.get(conv.input[0]) != TensorProto.FLOAT16:
+            violations.append(f"{conv.name} (Conv) computes in {name_of(types.get(conv.input[0], 0))}, not FLOAT16")
+    io = {v.name: name_of(v.type.tensor_type.elem_type) for v in [*model.graph.input, *model.graph.output]}
+    return {"kept_fp32": dict(sorted(kept.items())), "fp16_convs": len(convs),
+            "casts": sum(n.op_type == "Cast" for n in model.graph.node), "io": io, "violations": violations}
+
+
+def check_structure(model, sparse: bool) -> dict:
+    """:func:`precision_report`, raising when the contract is broken (or, for a sparse model, when no
+    routing was found to keep in fp32)."""
+    report = precision_report(model)
+    if sparse and not report["kept_fp32"].get("Softmax"):
+        report["violations"].append("no softmax over k found to keep in fp32")
+    if report["violations"]:
+        listed = "; ".join(report["violations"][:4])
+        more = len(report["violations"]) - 4
+        raise NSRError(f"fp16 ONNX structure check failed: {listed}{f'; and {more} more' if more > 0 else ''}; "
+                       f"nothing written")
+    return report
+
+
+# -- parity ----------------------------------------------------------------------------------------------------------
+def smallest_sample(channels: int) -> list[tuple]:
+    """The smallest bundled sample photo as ``[(float32 CHW, name)]``: fp16 arithmetic on the CPU is slow."""
+    import numpy as np
+    from PIL import Image
+
+    from nsr_deploy.assets import sample_paths
+
+    path = min(sample_paths(), key=lambda p: Image.open(p).size[0] * Image.open(p).size[1])
+    arr = np.asarray(Image.open(path).convert("L" if channels == 1 else "RGB"), np.float32) / 255.0
+    return [(np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)), path.name)]
+
+
+def parity(loaded, path: Path, threads: int | None = None) -> dict:
+    """The fp16 file against the PyTorch reference: fp16 arithmetic (the verdict), then ONNX Runtime."""
+    from nsr_deploy.bench.parity import FP16_MAX_ABS, patch_parity
+    from nsr_deploy.exporters.fp16_reference import Fp16GraphRunner
+    from nsr_deploy.exporters.openvino import float_gate
+    from nsr_deploy.runtimes.ort_runner import OrtRunner
+
+    cfg = loaded.config
+    with Fp16GraphRunner(str(path)) as runner:
+        gate = float_gate(loaded, runner, "fp16", smallest_sample(cfg.channels))
+    gate["runtime"] = "onnx.reference (fp16 arithmetic, fp32 accumulation in MatMul/Conv)"
+    with OrtRunner(str(path), threads) as runner:
+        check = patch_parity(loaded.net, runner, runner.static_batch or 4, cfg.patch_size, FP16_MAX_ABS)
+    check.check = "onnxruntime_cpu_patches"
+    check.detail += " (ONNX Runtime CPU: fp32 arithmetic over the fp16 weights; shows the file runs there)"
+    gate["checks"].append(check.as_dict())
+    gate["passed"] = all(c["passed"] for c in gate["checks"])
+    return gate
+
+
+def gate_failure(gate: dict) -> str:
+    worst = max((c for c in gate["checks"] if not c["passed"]), key=lambda c: c["max_abs"])
+    extra = f", PSNR {worst['psnr']} dB < {worst['min_psnr']:g}" if "min_psnr" in worst else ""
+    return (f"parity gate failed: fp16 ONNX vs PyTorch reference max abs diff {worst['max_abs']:.3g} "
+            f"(limit {worst['tolerance']:g}{extra}; {worst['check']}); nothing written")
+
+
+# -- the pipeline hooks ---------------------------------------------------------------------------------------------
+def build(ctx) -> None:
+    """After ``model.onnx``: ``model.fp16.onnx`` into ``ctx.folder``, checked and gated; extends the manifest."""
+    import onnx
+
+    from onnxconverter_common import __version__ as converter_version
+
+    source = ctx.onnx_path  # model.onnx, or its portable twin when model.onnx is ORT-only (nchwc)
+    with ctx.stages.stage("fp16-convert"):
+        half = convert(onnx.load(str(source)))
+        report = check_structure(half, ctx.loaded.config.sparse)
+        data = half.SerializeToString()
+        path = ctx.folder / FP16_FILE
+        path.write_bytes(data)
+    with ctx.stages.stage("fp16-parity"):
+        gate = parity(ctx.loaded, path, ctx.options.threads)
+    if not gate["passed"]:
+        raise NSRError(gate_failure(gate))
+    contract = json.loads({p.key: p.value for p in half.metadata_props}.get("nsr_manifest", "{}"))
+    ctx.manifest["targets"]["onnx"]["fp16"] = {
+        "file": FP16_FILE, "sha256": sha256_bytes(data), "bytes": len(data), "precision": "fp16",
+        "conv_form": contract.get("conv_form"), "static_batch": contract.get("io", {}).get("static_batch"),
+        "io": "float32 (Casts to fp16 inside the graph)", "kept_fp32": {"why": KEPT_FP32_WHY, **report},
+        "converter": f"onnxconverter-common {converter_version} convert_float_to_float16 (keep_io_types, "
+                     f"node block list)",
+        "for": "GPU runtimes that run fp16 ONNX as typed (ONNX Runtime CUDA/DirectML, OpenVINO GPU, TensorRT)",
+    }
+    ctx.manifest["parity"]["onnx/fp16"] = gate
+
+
+def fp16_onnx_for(ctx, source: Path) -> Path:
+    """The fp16 twin of ``source`` (an ONNX file of this export): the shipped ``model.fp16.onnx`` when it
+    was made from the same file, else one made (and structure-checked) in the scratch folder."""
+    import onnx
+
+    shipped = ctx.manifest.get("targets", {}).get("onnx", {}).get("fp16")
+    if shipped and Path(source) == ctx.onnx_path:
+        return ctx.folder / shipped["file"]
+    half = convert(onnx.load(str(source)))
+    check_structure(half, ctx.loaded.config.sparse)
+    path = ctx.scratch / f"{Path(source).stem}.fp16.onnx"
+    path.write_bytes(half.SerializeToString())
+    return path
