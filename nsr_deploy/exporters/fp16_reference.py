@@ -63,8 +63,8 @@ class Fp16GraphRunner(Runner):
         try:
             self.evaluator = ReferenceEvaluator(model, new_ops=_fast_kernels())
         except Exception as e:  # the evaluator raises several types for graphs it cannot run
-            raise NSRError(f"{self.path}: the ONNX reference evaluator cannot run it ({str(e).splitlines()[0][:200]})") \
-                from None
+            why = str(e).splitlines()[0][:200]
+            raise NSRError(f"{self.path}: the ONNX reference evaluator cannot run it ({why})") from None
         first = model.graph.input[0].type.tensor_type.shape.dim[0]
         self.static_batch = first.dim_value if first.HasField("dim_value") else None
 

@@ -59,6 +59,7 @@ def convert(model):
     with warnings.catch_warnings():  # it warns for every weight below fp16's range it rounds to 1e-7
         warnings.simplefilter("ignore")
         half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=sorted(routing.nodes))
+    drop_fp16_round_trips(half.graph)
     props = {p.key: p.value for p in half.metadata_props}
     props["nsr_precision"] = "fp16"
     onnx.helper.set_model_props(half, props)
@@ -68,6 +69,43 @@ def convert(model):
     except onnx.checker.ValidationError as e:
         raise NSRError(f"the fp16 ONNX model fails the checker: {str(e).splitlines()[0]}") from None
     return half
+
+
+def drop_fp16_round_trips(graph) -> int:
+    """Remove ``Cast(to fp16) -> Cast(to fp32)`` pairs between two fp32 nodes; returns how many.
+
+    The converter puts a Cast to fp16 after every blocked node and a Cast to fp32 before every blocked
+    node, then removes the pairs it made between two blocked nodes, except where the fp16 tensor has
+    several consumers (its ``remove_unnecessary_cast_node`` compares ``Cast.to`` against 32/16 there,
+    not the ONNX codes 1/10; onnxconverter-common 1.16). Left in, the dense-mix softmax weights would be
+    rounded to fp16 on their way to the fp32 mixing."""
+    from onnx import TensorProto
+
+    def is_cast(node, to):
+        return node.op_type == "Cast" and any(a.name == "to" and a.i == to for a in node.attribute)
+
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    dropped, rename = [], {}
+    for first in (n for n in graph.node if is_cast(n, TensorProto.FLOAT16)):
+        users = consumers.get(first.output[0], [])
+        if not users or first.output[0] in outputs or not all(is_cast(u, TensorProto.FLOAT) for u in users):
+            continue
+        if any(u.output[0] in outputs for u in users):
+            continue
+        for second in users:
+            rename[second.output[0]] = first.input[0]
+        dropped += [first, *users]
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    for node in dropped:
+        graph.node.remove(node)
+    return len(dropped) // 2
 
 
 # -- structure: what runs in which type ------------------------------------------------------------------------
@@ -111,12 +149,24 @@ def precision_report(model) -> dict:
             "casts": sum(n.op_type == "Cast" for n in model.graph.node), "io": io, "violations": violations}
 
 
-def check_structure(model, sparse: bool) -> dict:
-    """:func:`precision_report`, raising when the contract is broken (or, for a sparse model, when no
-    routing was found to keep in fp32)."""
+def routing_counts(model) -> dict[str, int]:
+    """Op type -> how many routing nodes the (fp32) graph has: what its fp16 twin must keep in fp32."""
+    from nsr_deploy.exporters.tensorrt_support import routing_nodes
+
+    names = routing_nodes(model).nodes
+    return dict(sorted(Counter(n.op_type for n in model.graph.node if n.name in names).items()))
+
+
+def check_structure(model, sparse: bool, expected: dict[str, int] | None = None) -> dict:
+    """:func:`precision_report`, raising when the contract is broken: a routing node off fp32, a Conv off
+    fp16, no routing found in a sparse model, or fewer routing nodes than the fp32 source had
+    (``expected``, from :func:`routing_counts`: a Cast inside the routing hides the nodes behind it)."""
     report = precision_report(model)
     if sparse and not report["kept_fp32"].get("Softmax"):
         report["violations"].append("no softmax over k found to keep in fp32")
+    if expected is not None and report["kept_fp32"] != expected:
+        report["violations"].append(f"routing kept fp32 {report['kept_fp32']} differs from the fp32 graph's "
+                                    f"{expected} (a Cast to fp16 inside the routing)")
     if report["violations"]:
         listed = "; ".join(report["violations"][:4])
         more = len(report["violations"]) - 4
@@ -169,13 +219,13 @@ def gate_failure(gate: dict) -> str:
 def build(ctx) -> None:
     """After ``model.onnx``: ``model.fp16.onnx`` into ``ctx.folder``, checked and gated; extends the manifest."""
     import onnx
-
     from onnxconverter_common import __version__ as converter_version
 
     source = ctx.onnx_path  # model.onnx, or its portable twin when model.onnx is ORT-only (nchwc)
     with ctx.stages.stage("fp16-convert"):
-        half = convert(onnx.load(str(source)))
-        report = check_structure(half, ctx.loaded.config.sparse)
+        model = onnx.load(str(source))
+        half = convert(model)
+        report = check_structure(half, ctx.loaded.config.sparse, routing_counts(model))
         data = half.SerializeToString()
         path = ctx.folder / FP16_FILE
         path.write_bytes(data)
@@ -203,8 +253,9 @@ def fp16_onnx_for(ctx, source: Path) -> Path:
     shipped = ctx.manifest.get("targets", {}).get("onnx", {}).get("fp16")
     if shipped and Path(source) == ctx.onnx_path:
         return ctx.folder / shipped["file"]
-    half = convert(onnx.load(str(source)))
-    check_structure(half, ctx.loaded.config.sparse)
+    model = onnx.load(str(source))
+    half = convert(model)
+    check_structure(half, ctx.loaded.config.sparse, routing_counts(model))
     path = ctx.scratch / f"{Path(source).stem}.fp16.onnx"
     path.write_bytes(half.SerializeToString())
     return path
