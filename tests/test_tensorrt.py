@@ -389,3 +389,41 @@ def test_tensorrt_parser_agrees_with_the_support_table(graphs):
         builder = trt.Builder(logger)
         parser = trt.OnnxParser(builder.create_network(network_flags(trt)), logger)
         assert parser.parse(model.SerializeToString()), (form, trt_target.read_parser_errors(parser))
+
+
+# -- TensorRT 11: the removed weak-typing APIs stay out ---------------------------------------------------------------
+REMOVED_IN_11 = {  # the 10.x -> 11.x migration guide, "Removed Python APIs and Replacements"
+    "precision builder flags": r"BuilderFlag\.(FP16|INT8|BF16|FP8|INT4|FP4|DIRECT_IO)\b",
+    "precision constraints": r"(OBEY|PREFER)_PRECISION_CONSTRAINTS",
+    "calibrators": r"int8_calibrator|calibration_profile|quantization_flag",
+    "platform queries": r"platform_has_fast_(fp16|int8)",
+    "per-layer precision (refused by strongly typed networks)": r"set_output_type|layer\.precision\b",
+    "implicit/explicit batch flag": r"EXPLICIT_BATCH",
+    "device_memory_size without _v2 (outside trt_compat)": r"device_memory_size(?!_v2)",
+}
+
+
+def _tensorrt_sources():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [*root.glob("nsr_deploy/exporters/tensorrt*.py"), *root.glob("nsr_deploy/runtimes/trt_*.py"),
+             root / "nsr_deploy/runtimes/cuda_device.py", root / "tools/gpu_check.sh"]
+    return {f.relative_to(root).as_posix(): f.read_text() for f in files}
+
+
+def test_no_api_tensorrt_11_removed_comes_back():
+    import re
+
+    sources = _tensorrt_sources()
+    assert {"nsr_deploy/exporters/tensorrt.py", "nsr_deploy/runtimes/trt_runner.py", "tools/gpu_check.sh",
+            "nsr_deploy/runtimes/trt_compat.py"} <= set(sources)
+    found = [f"{path}: {what} ({m.group(0)})" for path, text in sources.items()
+             for what, pattern in REMOVED_IN_11.items() for m in re.finditer(pattern, text)
+             if not (path.endswith("trt_compat.py") and what.startswith("device_memory_size"))]
+    assert found == []
+    # the patterns catch what the TensorRT 10 build did
+    old = ("config.set_flag(trt.BuilderFlag.FP16); config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS); "
+           "layer.precision = trt.float32; layer.set_output_type(j, trt.float32); engine.device_memory_size")
+    assert all(re.search(p, old) for w, p in REMOVED_IN_11.items() if "calibrat" not in w and "platform" not in w
+               and "batch" not in w)
