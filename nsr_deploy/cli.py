@@ -12,6 +12,7 @@ import sys
 import click
 
 from nsr_deploy import __version__
+from nsr_deploy.capabilities import AUTO_BACKEND, AUTO_FORM, BACKEND_NAMES, ONNX_FORMS, PRECISIONS, TARGET_CHOICES
 from nsr_deploy.errors import NSRError, user_errors
 
 
@@ -90,24 +91,21 @@ def _describe_check(check: dict) -> str:
     return text
 
 
-TARGETS = ("onnx", "openvino", "tensorrt", "triton", "all")
-
-
 @main.command()
 @model_argument
-@click.option("--target", "-t", type=click.Choice(TARGETS), default="onnx", show_default=True,
+@click.option("--target", "-t", type=click.Choice(TARGET_CHOICES), default="onnx", show_default=True,
               help="What to build (ONNX is always built: the others are lowered from it). "
                    "'all' builds every target this machine can build.")
 @click.option("--output", "-o", "out", type=click.Path(file_okay=False), default="out", show_default=True,
               help="Output folder (written atomically).")
-@click.option("--conv-form", type=click.Choice(["auto", "grouped", "matmul", "dense-mix", "nchwc"]), default="auto",
+@click.option("--conv-form", type=click.Choice([AUTO_FORM, *ONNX_FORMS]), default=AUTO_FORM,
               show_default=True,
               help="How the per-patch convolution is expressed in the graph. auto: time every form that "
                    "passes parity on this machine and keep the fastest (nchwc is ONNX Runtime on x86 only).")
 @click.option("--patch-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Patches per engine call (fixed for the 'grouped' form).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13-20).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="OpenVINO/TensorRT precision; fp16 also writes model.fp16.onnx (routing kept fp32).")
 @click.option("--calib", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of calibration images for int8 (default: bundled samples).")
@@ -157,7 +155,7 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
                        f"{'ok' if check['passed'] else 'FAIL'}  {check.get('detail', '')}")
     for name, why in manifest.get("skipped_targets", {}).items():
         click.echo(f"skipped {name}: {why}")
-    files = ", ".join(f for t in manifest["targets"].values() for f in (t["file"], t.get("fp16", {}).get("file")) if f)
+    files = ", ".join(t["file"] for t in manifest["targets"].values())
     click.echo(f"wrote {out}/ ({files}, nsr.json)")
 
 
@@ -168,7 +166,7 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
                    "name (checkpoints and bundled models run on the PyTorch reference). Default: sr-x2.")
 @click.option("--output", "-o", "output", required=True, type=click.Path(),
               help="Output file (one input) or folder.")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "tensorrt", "torch"]),
+@click.option("--backend", type=click.Choice([AUTO_BACKEND, *sorted(BACKEND_NAMES)]),
               default="auto", show_default=True)
 @click.option("--tiling", type=click.Choice(["reference", "cells"]), default="reference", show_default=True,
               help="reference: the trainer's overlapping patches (exact parity); cells: non-overlapping "
@@ -186,49 +184,17 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
 @user_errors
 def restore(inputs, model, output, backend, tiling, threads, tile_batch, suffix, as_json, ray_address, workers):
     """Restore (upscale / denoise / deblock) images with an exported engine."""
-    from tqdm import tqdm
-
     from nsr_deploy.assets import DEFAULT_MODEL
-    from nsr_deploy.runtimes import load
-    from nsr_deploy.runtimes.restore_files import plan_jobs, restore_file
+    from nsr_deploy.cli_restore import restore_command
+    from nsr_deploy.runtimes.restore_files import plan_jobs
 
     if suffix and not suffix.startswith("."):
         suffix = "." + suffix
     jobs = plan_jobs(list(inputs), output, suffix)
     if workers and ray_address is None:
         raise NSRError("--workers needs --ray")
-    if ray_address is not None:
-        from nsr_deploy.runtimes.ray_restore import restore_command
-
-        sys.exit(restore_command(jobs, model or DEFAULT_MODEL, backend, threads, tiling, tile_batch, workers,
-                                 ray_address, as_json))
-    engine = load(model or DEFAULT_MODEL, backend=backend, threads=threads, tiling=tiling, tile_batch=tile_batch)
-    outcomes = []
-    with engine:
-        bar = tqdm(jobs, desc="restore", unit="img", disable=as_json or not sys.stderr.isatty())
-        for job in bar:
-            bar.set_postfix_str(job.source.name)
-            res = restore_file(engine, job)
-            outcomes.append(res)
-            if as_json:
-                continue
-            if res.ok:
-                bar.write(f"{res.input} -> {res.output}  {res.size_in[0]}x{res.size_in[1]} -> "
-                          f"{res.size_out[0]}x{res.size_out[1]}  {res.seconds:.2f}s")
-            else:
-                bar.write(f"error: {res.error}", file=sys.stderr)
-            for warning in res.warnings:
-                bar.write(f"warning: {res.input}: {warning}", file=sys.stderr)
-        runner = engine.runner.describe()
-    failed = [o for o in outcomes if not o.ok]
-    if as_json:
-        click.echo(json.dumps({"backend": runner["backend"], "precision": runner["precision"], "tiling": tiling,
-                               "threads": threads, "images": [o.as_dict() for o in outcomes],
-                               "failed": len(failed)}, indent=2))
-    elif len(outcomes) > 1:
-        click.echo(f"{len(outcomes) - len(failed)} restored, {len(failed)} failed ({runner['backend']}, {tiling})")
-    if failed:
-        sys.exit(1)
+    sys.exit(restore_command(jobs, model or DEFAULT_MODEL, backend, threads, tiling, tile_batch, as_json,
+                             ray_address, workers))
 
 
 @main.command()

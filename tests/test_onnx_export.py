@@ -10,8 +10,10 @@ import torch
 from onnx import numpy_helper
 
 from conftest import decisive_net
+from nsr_deploy.capabilities import ONNX_FORMS
 from nsr_deploy.config import NSRConfig
-from nsr_deploy.exporters import onnx as onnx_exporter
+from nsr_deploy.exporters import onnx_graph
+from nsr_deploy.exporters.pipeline import export_onnx
 from nsr_deploy.models.checkpoint import LoadedModel, save_reference_checkpoint
 from nsr_deploy.models.network import NSRNet
 from nsr_deploy.runtimes.ort_runner import OrtRunner
@@ -64,7 +66,7 @@ def test_every_form_reproduces_the_reference(tmp_path, form, cfg):
         pytest.skip("this machine's ONNX Runtime has no NCHWc kernels")
     loaded = make_loaded(cfg)
     batch = 3
-    model = onnx_exporter.build_onnx(loaded, form, batch if form in ("grouped", "nchwc") else None)
+    model = onnx_graph.build_onnx(loaded, form, batch if form in ("grouped", "nchwc") else None)
     path = tmp_path / "m.onnx"
     path.write_bytes(model.SerializeToString())
     size = 20
@@ -102,7 +104,7 @@ def test_only_the_per_patch_conv_has_runtime_weights_and_mixing_is_matmul(form):
     cfg = CONFIGS[0]
     if form == "nchwc" and not nchwc_ok(cfg):
         pytest.skip("this machine's ONNX Runtime has no NCHWc kernels")
-    model = onnx_exporter.build_onnx(make_loaded(cfg), form, 4 if form in ("grouped", "nchwc") else None)
+    model = onnx_graph.build_onnx(make_loaded(cfg), form, 4 if form in ("grouped", "nchwc") else None)
     g = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     producers = _producers(g)
@@ -135,7 +137,7 @@ def test_dynamic_forms_take_any_batch_and_size(tmp_path):
     cfg = CONFIGS[1]
     loaded = make_loaded(cfg)
     path = tmp_path / "m.onnx"
-    path.write_bytes(onnx_exporter.build_onnx(loaded, "matmul", None).SerializeToString())
+    path.write_bytes(onnx_graph.build_onnx(loaded, "matmul", None).SerializeToString())
     with OrtRunner(str(path)) as runner:
         assert runner.static_batch is None
         for n, h, w in [(1, 7, 13), (5, 48, 48), (2, 1, 1)]:
@@ -147,8 +149,8 @@ def test_dynamic_forms_take_any_batch_and_size(tmp_path):
 
 def test_export_writes_manifest_and_is_byte_identical(tmp_path):
     loaded = make_loaded(CONFIGS[1])
-    m1 = onnx_exporter.export_onnx(loaded, tmp_path / "a", "grouped", 4, show_progress=False)
-    onnx_exporter.export_onnx(loaded, tmp_path / "b", "grouped", 4, show_progress=False)
+    m1 = export_onnx(loaded, tmp_path / "a", "grouped", 4, show_progress=False)
+    export_onnx(loaded, tmp_path / "b", "grouped", 4, show_progress=False)
     a, b = (tmp_path / "a" / "model.onnx").read_bytes(), (tmp_path / "b" / "model.onnx").read_bytes()
     assert a == b
     assert m1["io"]["static_batch"] == 4 and m1["conv_form"] == "grouped"
@@ -161,14 +163,14 @@ def test_export_writes_manifest_and_is_byte_identical(tmp_path):
 
 
 def test_failed_gate_leaves_nothing(tmp_path, monkeypatch):
-    import nsr_deploy.bench.parity as parity
+    import nsr_deploy.checks.verdicts as parity
 
     monkeypatch.setattr(parity, "FP32_MAX_ABS", 0.0)  # nothing passes a zero tolerance
     loaded = make_loaded(CONFIGS[1])
     from nsr_deploy.errors import NSRError
 
     with pytest.raises(NSRError, match="parity gate failed"):
-        onnx_exporter.export_onnx(loaded, tmp_path / "out", "matmul", None, show_progress=False)
+        export_onnx(loaded, tmp_path / "out", "matmul", None, show_progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -208,10 +210,10 @@ def test_cli_export_refuses_to_overwrite(tmp_path):
 
 def test_auto_picks_a_form_that_passes_parity(tmp_path):
     loaded = make_loaded(NCHWC_CONFIGS[0])
-    m = onnx_exporter.export_onnx(loaded, tmp_path / "auto", "auto", 4, show_progress=False)
+    m = export_onnx(loaded, tmp_path / "auto", "auto", 4, show_progress=False)
     target = m["targets"]["onnx"]
     report = target["auto"]["candidates"]
-    assert set(report) == set(onnx_exporter.ONNX_FORMS)
+    assert set(report) == set(ONNX_FORMS)
     ok = {f: r["ms"] for f, r in report.items() if r["status"] == "ok"}
     assert target["conv_form"] == min(ok, key=ok.get)  # the fastest of those that passed
     assert m["parity"]["onnxruntime/fp32"]["passed"]

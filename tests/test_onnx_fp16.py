@@ -9,14 +9,16 @@ import torch
 from click.testing import CliRunner
 
 from conftest import data_image, decisive_net
-from nsr_deploy.bench.parity import psnr_float
+from nsr_deploy.checks.compare import psnr_float
 from nsr_deploy.cli import main
 from nsr_deploy.config import NSRConfig
 from nsr_deploy.errors import NSRError
-from nsr_deploy.exporters import onnx as onnx_exporter
 from nsr_deploy.exporters import onnx_fp16
+from nsr_deploy.exporters import onnx_graph as onnx_exporter
+from nsr_deploy.exporters.common import Stages
 from nsr_deploy.exporters.fp16_reference import Fp16GraphRunner
-from nsr_deploy.exporters.pipeline import ExportOptions, export
+from nsr_deploy.exporters.pipeline import ExportContext, ExportOptions, export
+from nsr_deploy.exporters.target import Artifact
 from nsr_deploy.exporters.tensorrt_support import routing_nodes
 from nsr_deploy.models.checkpoint import LoadedModel, load_model, save_native
 from nsr_deploy.models.reference import reference_forward
@@ -101,7 +103,7 @@ def test_onnx_fp16_export_ships_gated_model_that_onnxruntime_runs(tmp_path):
     assert "model.fp16.onnx" in result.output.splitlines()[-1]
     assert sorted(p.name for p in out.iterdir()) == ["model.fp16.onnx", "model.onnx", "nsr.json"]
     doc = json.loads((out / "nsr.json").read_text())
-    entry, gate = doc["targets"]["onnx"]["fp16"], doc["parity"]["onnx/fp16"]
+    entry, gate = doc["targets"]["onnx-fp16"], doc["parity"]["onnx/fp16"]
     assert entry["file"] == "model.fp16.onnx" and entry["kept_fp32"]["violations"] == []
     assert gate["passed"] and gate["tolerance_max_abs"] == 5e-3 and gate["min_psnr"] == 45.0
     assert [c["check"] for c in gate["checks"]] == ["random_patches", "real_image", "onnxruntime_cpu_patches"]
@@ -136,6 +138,8 @@ def test_bundled_sr_x2_fp16_graph_passes_its_gate(tmp_path):
     assert report["kept_fp32"]["Softmax"] == report["kept_fp32"]["ReduceMean"] == 2 * loaded.config.num_blocks
     path = tmp_path / "sr.fp16.onnx"
     path.write_bytes(half.SerializeToString())
-    gate = onnx_fp16.parity(loaded, path, threads=1)
-    assert gate["passed"], gate
-    assert all(c["max_abs"] > 1e-5 for c in gate["checks"][:2])  # fp16 arithmetic really ran
+    artifact = Artifact(onnx_fp16.NAME, path)
+    context = ExportContext(loaded, tmp_path, ExportOptions(threads=1), Stages([], show=False), tmp_path)
+    gate = onnx_fp16.gate(artifact, context)
+    assert gate.passed, gate.to_manifest()
+    assert all(c.max_abs > 1e-5 for c in gate.checks[:2])  # fp16 arithmetic really ran

@@ -27,11 +27,15 @@ from __future__ import annotations
 import json
 import warnings
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
-from nsr_deploy.errors import NSRError
+from nsr_deploy.checks.results import GateResult
+from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.exporters.common import sha256_bytes
+from nsr_deploy.exporters.target import Artifact
 
+NAME = "onnx-fp16"  # the manifest's targets["onnx-fp16"] and parity["onnx/fp16"]
 FP16_FILE = "model.fp16.onnx"
 STAGES = ["fp16-convert", "fp16-parity"]
 KEPT_FP32_WHY = "sparsity routing (patch pooling, MLP, softmax over k, kernel mixing): fp16 softmax logits overflow"
@@ -43,6 +47,12 @@ def unavailable() -> str | None:
     except ImportError:
         return "the fp16 ONNX model needs onnxconverter-common: pip install 'nsr-deploy[export]'"
     return None
+
+
+def validate_options(options) -> None:
+    why = unavailable()
+    if why:
+        raise BackendUnavailable(why)
 
 
 def convert(model):
@@ -175,49 +185,17 @@ def check_structure(model, sparse: bool, expected: dict[str, int] | None = None)
     return report
 
 
-# -- parity ----------------------------------------------------------------------------------------------------------
-def smallest_sample(channels: int) -> list[tuple]:
-    """The smallest bundled sample photo as ``[(float32 CHW, name)]``: fp16 arithmetic on the CPU is slow."""
-    import numpy as np
-    from PIL import Image
+# -- the pipeline steps (run after the ONNX target when the export asks for fp16) -------------------------------
+def smallest_sample(channels: int) -> tuple:
+    """The smallest bundled sample photo as ``(float32 CHW, name)``: fp16 arithmetic on the CPU is slow."""
+    from nsr_deploy.checks.samples import as_chw, sample_images
 
-    from nsr_deploy.assets import sample_paths
-
-    path = min(sample_paths(), key=lambda p: Image.open(p).size[0] * Image.open(p).size[1])
-    arr = np.asarray(Image.open(path).convert("L" if channels == 1 else "RGB"), np.float32) / 255.0
-    return [(np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)), path.name)]
+    name, chw = min(as_chw(sample_images(channels)), key=lambda item: item[1].shape[1] * item[1].shape[2])
+    return chw, name
 
 
-def parity(loaded, path: Path, threads: int | None = None) -> dict:
-    """The fp16 file against the PyTorch reference: fp16 arithmetic (the verdict), then ONNX Runtime."""
-    from nsr_deploy.bench.parity import FP16_MAX_ABS, patch_parity
-    from nsr_deploy.exporters.fp16_reference import Fp16GraphRunner
-    from nsr_deploy.exporters.openvino import float_gate
-    from nsr_deploy.runtimes.ort_runner import OrtRunner
-
-    cfg = loaded.config
-    with Fp16GraphRunner(str(path)) as runner:
-        gate = float_gate(loaded, runner, "fp16", smallest_sample(cfg.channels))
-    gate["runtime"] = "onnx.reference (fp16 arithmetic, fp32 accumulation in MatMul/Conv)"
-    with OrtRunner(str(path), threads) as runner:
-        check = patch_parity(loaded.net, runner, runner.static_batch or 4, cfg.patch_size, FP16_MAX_ABS)
-    check.check = "onnxruntime_cpu_patches"
-    check.detail += " (ONNX Runtime CPU: fp32 arithmetic over the fp16 weights; shows the file runs there)"
-    gate["checks"].append(check.as_dict())
-    gate["passed"] = all(c["passed"] for c in gate["checks"])
-    return gate
-
-
-def gate_failure(gate: dict) -> str:
-    worst = max((c for c in gate["checks"] if not c["passed"]), key=lambda c: c["max_abs"])
-    extra = f", PSNR {worst['psnr']} dB < {worst['min_psnr']:g}" if "min_psnr" in worst else ""
-    return (f"parity gate failed: fp16 ONNX vs PyTorch reference max abs diff {worst['max_abs']:.3g} "
-            f"(limit {worst['tolerance']:g}{extra}; {worst['check']}); nothing written")
-
-
-# -- the pipeline hooks ---------------------------------------------------------------------------------------------
-def build(ctx) -> None:
-    """After ``model.onnx``: ``model.fp16.onnx`` into ``ctx.folder``, checked and gated; extends the manifest."""
+def build(ctx) -> Artifact:
+    """``model.fp16.onnx`` into ``ctx.folder`` from the ONNX model just built, structure-checked."""
     import onnx
     from onnxconverter_common import __version__ as converter_version
 
@@ -229,20 +207,39 @@ def build(ctx) -> None:
         data = half.SerializeToString()
         path = ctx.folder / FP16_FILE
         path.write_bytes(data)
-    with ctx.stages.stage("fp16-parity"):
-        gate = parity(ctx.loaded, path, ctx.options.threads)
-    if not gate["passed"]:
-        raise NSRError(gate_failure(gate))
     contract = json.loads({p.key: p.value for p in half.metadata_props}.get("nsr_manifest", "{}"))
-    ctx.manifest["targets"]["onnx"]["fp16"] = {
+    entry = {
         "file": FP16_FILE, "sha256": sha256_bytes(data), "bytes": len(data), "precision": "fp16",
+        "runtime": "GPU runtimes that run fp16 ONNX as typed (ONNX Runtime CUDA/DirectML, OpenVINO GPU, TensorRT)",
         "conv_form": contract.get("conv_form"), "static_batch": contract.get("io", {}).get("static_batch"),
         "io": "float32 (Casts to fp16 inside the graph)", "kept_fp32": {"why": KEPT_FP32_WHY, **report},
         "converter": f"onnxconverter-common {converter_version} convert_float_to_float16 (keep_io_types, "
                      f"node block list)",
-        "for": "GPU runtimes that run fp16 ONNX as typed (ONNX Runtime CUDA/DirectML, OpenVINO GPU, TensorRT)",
     }
-    ctx.manifest["parity"]["onnx/fp16"] = gate
+    return Artifact(NAME, path, "fp16 ONNX (fp16 arithmetic, onnx.reference)", "onnx/fp16", entry,
+                    {"onnxconverter-common": converter_version})
+
+
+def gate(artifact: Artifact, ctx) -> GateResult:
+    """fp16 arithmetic (:mod:`.fp16_reference`) against the PyTorch reference, judged as the OpenVINO fp16
+    IR is; then ONNX Runtime CPU on the same file (fp32 arithmetic over the fp16 weights: it runs there)."""
+    from nsr_deploy.checks.compare import patch_parity
+    from nsr_deploy.checks.gates import GATE_PATCHES, precision_gate
+    from nsr_deploy.checks.verdicts import tolerance_of
+    from nsr_deploy.exporters.fp16_reference import Fp16GraphRunner
+    from nsr_deploy.runtimes.ort_runner import OrtRunner
+
+    net = ctx.loaded.net
+    with ctx.stages.stage("fp16-parity"):
+        with Fp16GraphRunner(str(artifact.path)) as runner:
+            result = precision_gate(net, runner, "fp16", smallest_sample(net.config.channels))
+        with OrtRunner(str(artifact.path), ctx.options.threads) as runner:
+            ort = patch_parity(net, runner, runner.static_batch or GATE_PATCHES, net.config.patch_size,
+                               tolerance_of("fp16"))
+    ort = replace(ort, check="onnxruntime_cpu_patches",
+                  detail=ort.detail + " (ONNX Runtime CPU: fp32 arithmetic over the fp16 weights)")
+    limits = {**result.limits, "runtime": "onnx.reference, fp16 arithmetic (MatMul/Conv accumulate in fp32)"}
+    return GateResult((*result.checks, ort), limits)
 
 
 def fp16_onnx_for(ctx, source: Path) -> Path:
@@ -250,9 +247,9 @@ def fp16_onnx_for(ctx, source: Path) -> Path:
     was made from the same file, else one made (and structure-checked) in the scratch folder."""
     import onnx
 
-    shipped = ctx.manifest.get("targets", {}).get("onnx", {}).get("fp16")
-    if shipped and Path(source) == ctx.onnx_path:
-        return ctx.folder / shipped["file"]
+    shipped = ctx.artifacts.get(NAME)
+    if shipped is not None and Path(source) == ctx.onnx_path:
+        return shipped.path
     model = onnx.load(str(source))
     half = convert(model)
     check_structure(half, ctx.loaded.config.sparse, routing_counts(model))
