@@ -70,7 +70,7 @@ TWIN_BACKENDS = tuple(b.name for b in BACKEND_TABLE if b.dense_twin)
 
 # -- export targets -------------------------------------------------------------------------------------
 PRECISIONS = ("fp32", "fp16", "int8")
-PRECISIONS_OF_TARGET = {"onnx": ("fp32",), "openvino": PRECISIONS, "tensorrt": ("fp32", "fp16")}
+PRECISIONS_OF_TARGET = {"onnx": ("fp32", "fp16"), "openvino": PRECISIONS, "tensorrt": ("fp32", "fp16")}
 ENGINE_TARGETS = tuple(PRECISIONS_OF_TARGET)  # build an engine file; onnx first: the others lower from it
 # Targets that lay out the engines built before them (a folder layout, not an engine): never part of
 # ``all``; they build every engine target this machine can build, skipping (with why) the others.

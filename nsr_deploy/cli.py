@@ -107,7 +107,7 @@ def _describe_check(check: dict) -> str:
               help="Patches per engine call (fixed for the 'grouped' form).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13-20).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="OpenVINO/TensorRT precision (ONNX stays fp32).")
+              help="OpenVINO/TensorRT/ONNX precision (fp16 with onnx/tensorrt/all adds model.fp16.onnx).")
 @click.option("--calib", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of calibration images for int8 (default: bundled samples).")
 @click.option("--gate-images", type=click.Path(exists=True, file_okay=False), default=None,

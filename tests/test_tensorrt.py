@@ -29,8 +29,9 @@ from nsr_deploy.exporters.tensorrt_profiles import DimRange, profile_plan
 from nsr_deploy.models.checkpoint import LoadedModel, save_native
 from nsr_deploy.runtimes import load
 from nsr_deploy.runtimes.tiling import make_plan
+from nsr_deploy.runtimes.trt_compat import major_of, version_refusal
 from nsr_deploy.runtimes.trt_logging import summarize
-from nsr_deploy.runtimes.trt_runner import EngineProfile, parse_version, select_profile, unavailable
+from nsr_deploy.runtimes.trt_runner import EngineProfile, select_profile, unavailable
 
 TINY = NSRConfig(channels=3, scale=2, num_blocks=1, units=8, block_width=8, groups=2, cardinals=4)
 ONE_GROUP = NSRConfig(channels=1, scale=2, num_blocks=1, units=8, block_width=8, groups=1, cardinals=4)
@@ -266,12 +267,15 @@ def test_parser_errors_become_one_line():
 
 
 def test_options_the_target_cannot_honour(tmp_path):
-    with pytest.raises(NSRError, match="TensorRT int8 is not supported.*--precision fp16"):
+    with pytest.raises(NSRError, match=r"int8 is not supported.*explicitly quantized \(Q/DQ\).*--precision fp16"):
         trt_target.validate_options(ExportOptions(precision="int8"))
     with pytest.raises(NSRError, match="--timing-cache .* is a folder"):
         trt_target.validate_options(ExportOptions(timing_cache=str(tmp_path)))
     trt_target.validate_options(ExportOptions(precision="fp16", timing_cache=str(tmp_path / "trt.cache")))
-    assert parse_version("10.3.0.26") == (10, 3) and parse_version("8.6.1") < (10, 0)
+    assert major_of("10.3.0.26") == 10 and major_of("11.4.0") == 11 and major_of("x") == 0
+    assert version_refusal("10.16.1") is None and version_refusal("11.4.0.12") is None
+    assert version_refusal("8.6.1") == "TensorRT 10.0 or newer is needed, found 8.6.1"
+    assert "newer than the releases nsr-deploy was checked against (10.x and 11.x)" in version_refusal("12.0")
 
 
 # -- without TensorRT: refuse clearly, write nothing ------------------------------------------------------------------
@@ -373,8 +377,8 @@ def test_fp16_engine_keeps_routing_fp32_and_meets_psnr(tmp_path):
     loaded = _loaded(TINY)
     manifest = export(loaded, tmp_path / "out", "tensorrt",
                       ExportOptions(conv_form="matmul", precision="fp16", show_progress=False, threads=1))
-    assert manifest["parity"]["tensorrt/fp16"]["passed"]
-    assert manifest["targets"]["tensorrt"]["fp32_layers"]["count"] >= 2 * TINY.num_blocks
+    assert manifest["parity"]["tensorrt/fp16"]["passed"] and manifest["parity"]["onnx/fp16"]["passed"]
+    assert manifest["targets"]["tensorrt"]["onnx_source"] == "model.fp16.onnx"
     image = data_image("CSet5", 1).astype(np.float32).transpose(2, 0, 1) / 255.0
     with load(tmp_path / "out", "tensorrt") as engine, torch.no_grad():
         got = engine.restore_chw(image)
@@ -386,10 +390,49 @@ def test_fp16_engine_keeps_routing_fp32_and_meets_psnr(tmp_path):
 def test_tensorrt_parser_agrees_with_the_support_table(graphs):
     import tensorrt as trt
 
+    from nsr_deploy.runtimes.trt_compat import network_flags
     from nsr_deploy.runtimes.trt_logging import collecting_logger
 
     for form, model in graphs.items():
         logger = collecting_logger(trt)
         builder = trt.Builder(logger)
-        parser = trt.OnnxParser(builder.create_network(0), logger)
+        parser = trt.OnnxParser(builder.create_network(network_flags(trt)), logger)
         assert parser.parse(model.SerializeToString()), (form, trt_target.read_parser_errors(parser))
+
+
+# -- TensorRT 11: the removed weak-typing APIs stay out ---------------------------------------------------------------
+REMOVED_IN_11 = {  # the 10.x -> 11.x migration guide, "Removed Python APIs and Replacements"
+    "precision builder flags": r"BuilderFlag\.(FP16|INT8|BF16|FP8|INT4|FP4|DIRECT_IO)\b",
+    "precision constraints": r"(OBEY|PREFER)_PRECISION_CONSTRAINTS",
+    "calibrators": r"int8_calibrator|calibration_profile|quantization_flag",
+    "platform queries": r"platform_has_fast_(fp16|int8)",
+    "per-layer precision (refused by strongly typed networks)": r"set_output_type|layer\.precision\b",
+    "implicit/explicit batch flag": r"EXPLICIT_BATCH",
+    "device_memory_size without _v2 (outside trt_compat)": r"device_memory_size(?!_v2)",
+}
+
+
+def _tensorrt_sources():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [*root.glob("nsr_deploy/exporters/tensorrt*.py"), *root.glob("nsr_deploy/runtimes/trt_*.py"),
+             root / "nsr_deploy/runtimes/cuda_device.py", root / "tools/gpu_check.sh"]
+    return {f.relative_to(root).as_posix(): f.read_text() for f in files}
+
+
+def test_no_api_tensorrt_11_removed_comes_back():
+    import re
+
+    sources = _tensorrt_sources()
+    assert {"nsr_deploy/exporters/tensorrt.py", "nsr_deploy/runtimes/trt_runner.py", "tools/gpu_check.sh",
+            "nsr_deploy/runtimes/trt_compat.py"} <= set(sources)
+    found = [f"{path}: {what} ({m.group(0)})" for path, text in sources.items()
+             for what, pattern in REMOVED_IN_11.items() for m in re.finditer(pattern, text)
+             if not (path.endswith("trt_compat.py") and what.startswith("device_memory_size"))]
+    assert found == []
+    # the patterns catch what the TensorRT 10 build did
+    old = ("config.set_flag(trt.BuilderFlag.FP16); config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS); "
+           "layer.precision = trt.float32; layer.set_output_type(j, trt.float32); engine.device_memory_size")
+    assert all(re.search(p, old) for w, p in REMOVED_IN_11.items() if "calibrat" not in w and "platform" not in w
+               and "batch" not in w)

@@ -3,16 +3,21 @@
 #
 #   tools/gpu_check.sh [OUT_DIR]        # total time limit: NSR_GPU_CHECK_SECONDS (default 480)
 #
-# With TensorRT >= 10 and a GPU: exports a tiny NSR model (and the bundled sr-x2 when present) with
-# --target tensorrt, conv forms matmul and grouped, fp32 and fp16. Every export runs the target's own parity
-# gate (fp32 max abs <= 1e-3, fp16 PSNR >= 40 dB vs the fp32 PyTorch reference); then the engines are timed
-# and fp16 is compared with fp32 directly.
+# With TensorRT (10.x or 11.x) and a GPU: exports a tiny NSR model (and the bundled sr-x2 when present) with
+# --target tensorrt, conv forms matmul and grouped, fp32 and fp16 (strongly typed, from model.fp16.onnx). Every
+# export runs the target's own parity gate (fp32 max abs <= 1e-3, fp16 PSNR >= 40 dB vs the fp32 PyTorch
+# reference); then the engines are timed and fp16 is compared with fp32 directly.
+# TensorRT 10.x and 11.x side by side: one venv per major, e.g.
+#   python -m venv --system-site-packages .venv-trt10 && .venv-trt10/bin/pip install 'tensorrt~=10.16' cuda-python
+#   python -m venv --system-site-packages .venv-trt11 && .venv-trt11/bin/pip install 'tensorrt~=11.4' cuda-python
+# Every venv of NSR_TRT_VENVS (default ".venv-trt10 .venv-trt11") that exists is run, into OUT_DIR/<venv>;
+# with none of them, the current python runs once, into OUT_DIR. The time limit applies to each run.
 # On a GPU without TensorRT, what can run: the PyTorch reference on CUDA vs on the CPU (fp32 with TF32 off,
 # and fp16 autocast), the ONNX export of every conv form with the TensorRT operator-support analysis, and
 # ONNX Runtime parity (CPU, plus the CUDA provider when this onnxruntime has it).
 # Every figure is printed as "key: value" and kept in OUT_DIR/gpu_check.json (rewritten after each figure,
 # so a run stopped by the time limit keeps what it measured). Exit status: 0 all passed, 1 a gate failed,
-# 124 the time limit hit.
+# 124 the time limit hit (the first failing run's status).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -f .venv/bin/activate ]; then . .venv/bin/activate; fi
@@ -20,7 +25,7 @@ OUT_DIR="${1:-${OUT:-gpu_check_out}}"
 mkdir -p "$OUT_DIR"
 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader 2>/dev/null \
   || echo "nvidia-smi: not available"
-exec timeout --kill-after=15 "${NSR_GPU_CHECK_SECONDS:-480}" python - "$OUT_DIR" <<'PY'
+CHECK=$(cat <<'PY'
 import copy, json, statistics, sys, time
 from pathlib import Path
 
@@ -85,7 +90,12 @@ def tensorrt_checks(name, loaded, x, valid):
             say(f"{key} parity", "; ".join(f"{c['check']} max abs {c['max_abs']:.2e} PSNR {c['psnr']} dB"
                                            for c in gate["checks"]) + " -> pass")
             say(f"{key} engine", f"{entry['gpu']} (cc {entry['compute_capability']}), TensorRT {entry['tensorrt']}, "
-                                 f"build {entry['build_seconds']} s, timing cache {entry['timing_cache']['status']}")
+                                 f"build {entry['build_seconds']} s, timing cache {entry['timing_cache']['status']}, "
+                                 f"{entry['network']}, TF32 {'on' if entry['tf32'] else 'off'}, "
+                                 f"from {entry['onnx_source']}")
+            if precision == "fp16":
+                kept = manifest["targets"]["onnx-fp16"]["kept_fp32"]["kept_fp32"]
+                say(f"{key} fp16 graph kept fp32", kept)
             with TrtRunner(str(folder / "model.engine")) as runner:
                 outputs[precision] = runner.infer(x, valid)
                 say(f"{key} latency", f"{median_ms(lambda: runner.infer(x, valid)):.3f} ms / {BATCH} patches of "
@@ -139,7 +149,12 @@ def fallback_checks(name, loaded, x, valid):
 
 
 why = unavailable()
-say("tensorrt", "available" if why is None else f"not usable here: {why}")
+try:
+    import tensorrt as _trt
+    found = _trt.__version__
+except Exception:
+    found = None
+say("tensorrt", f"{found} available" if why is None else f"not usable here: {why}")
 say("torch", f"{torch.__version__}, CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
 models = {"tiny": tiny}
 if bundled_path("sr-x2"):
@@ -153,3 +168,20 @@ for name, make in models.items():
 say("done", f"figures in {OUT / 'gpu_check.json'}; failed: {', '.join(FAILED) or 'none'}")
 sys.exit(1 if FAILED else 0)
 PY
+)
+runs=()
+for venv in ${NSR_TRT_VENVS:-.venv-trt10 .venv-trt11}; do
+  if [ -x "$venv/bin/python" ]; then runs+=("$venv"); fi
+done
+status=0
+if [ ${#runs[@]} -eq 0 ]; then
+  timeout --kill-after=15 "${NSR_GPU_CHECK_SECONDS:-480}" python - "$OUT_DIR" <<<"$CHECK" || status=$?
+else
+  for venv in "${runs[@]}"; do
+    echo "== $venv"
+    mkdir -p "$OUT_DIR/$(basename "$venv")"
+    PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout --kill-after=15 "${NSR_GPU_CHECK_SECONDS:-480}" \
+      "$venv/bin/python" - "$OUT_DIR/$(basename "$venv")" <<<"$CHECK" || { rc=$?; [ $status -ne 0 ] || status=$rc; }
+  done
+fi
+exit $status

@@ -28,6 +28,13 @@ def float_gate(net, runner, max_abs: float, sample: tuple[np.ndarray, str] | Non
     return GateResult(tuple(checks), {"tolerance_max_abs": max_abs})
 
 
+def precision_gate(net, runner, precision: str, sample: tuple[np.ndarray, str] | None = None) -> GateResult:
+    """:func:`float_gate` at the precision's tolerance; fp16 is also held to the PSNR floor against the fp32
+    reference on the real image (the verdict of the OpenVINO IR and of the fp16 ONNX model)."""
+    gate = float_gate(net, runner, verdicts.tolerance_of(precision), sample)
+    return verdicts.judge_fp16_gate(gate, verdicts.FP16_MIN_PSNR, on=("real_image",)) if precision == "fp16" else gate
+
+
 def float_parity(net, runner, precision: str, images: list[tuple[str, np.ndarray]], patches: int = 16
                  ) -> list[Check]:
     """Every float check of one engine: random patches, the tiles of the first image, every whole image.

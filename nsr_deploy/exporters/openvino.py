@@ -35,8 +35,7 @@ from importlib import metadata
 from pathlib import Path
 
 from nsr_deploy.capabilities import PRECISIONS_OF_TARGET
-from nsr_deploy.checks import verdicts
-from nsr_deploy.checks.gates import float_gate as float_gate_of
+from nsr_deploy.checks.gates import precision_gate
 from nsr_deploy.checks.results import GateResult
 from nsr_deploy.checks.samples import sample_folder
 from nsr_deploy.errors import BackendUnavailable, NSRError
@@ -134,9 +133,7 @@ def static_batch_of(model) -> int | None:
 def float_gate(loaded, runner, precision: str, samples=None) -> GateResult:
     """fp32 / fp16 parity against the PyTorch reference (random patches + a real image); fp16 is also
     held to a PSNR floor against the fp32 reference on the real image."""
-    sample = samples[0] if samples else None
-    gate = float_gate_of(loaded.net, runner, verdicts.tolerance_of(precision), sample)
-    return verdicts.judge_fp16_gate(gate, verdicts.FP16_MIN_PSNR, on=("real_image",)) if precision == "fp16" else gate
+    return precision_gate(loaded.net, runner, precision, samples[0] if samples else None)
 
 
 def check_execution(runner, ops, precision: str) -> dict[str, list[str]]:

@@ -150,11 +150,19 @@ def build_ungated(loaded, folder: Path, target: str, options: ExportOptions,
     return target_module(target).build(ctx)
 
 
+def wants_fp16_onnx(target: str, targets: list[str], options: ExportOptions) -> bool:
+    """fp16 exports ship ``model.fp16.onnx`` (gated, :mod:`.onnx_fp16`) when ONNX is asked for or TensorRT
+    builds its fp16 engine from it; an OpenVINO fp16 IR is compressed from the fp32 model and needs none."""
+    return options.precision == "fp16" and (target in ("onnx", "all") or "tensorrt" in targets)
+
+
 def export(loaded, out: str | Path, target: str = "onnx", options: ExportOptions | None = None) -> dict:
     """Build ``target`` (or ``all``) into ``out``; returns the manifest written as ``nsr.json``."""
     options = options or ExportOptions()
     targets, skipped = resolve_targets(target)
     modules = [target_module(t) for t in targets]
+    if wants_fp16_onnx(target, targets, options):
+        modules.insert(targets.index("onnx") + 1, importlib.import_module("nsr_deploy.exporters.onnx_fp16"))
     for module in modules:  # refuse options a target cannot honour before any work is done
         getattr(module, "validate_options", lambda _: None)(options)
     stage_names = [s for m in modules for s in getattr(m, "STAGES", [m.NAME])]

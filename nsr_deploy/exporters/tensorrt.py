@@ -8,16 +8,22 @@ Steps, each a pipeline stage (the export folder appears only if every one passes
 ``tensorrt-check``   the ONNX graph against TensorRT's documented operator support
                      (:mod:`.tensorrt_support`): documented-unsupported nodes stop the export before
                      TensorRT is asked; optimisation profiles from the options (:mod:`.tensorrt_profiles`).
-``tensorrt-build``   TensorRT's ONNX parser (every parser error reported, in one line), builder config:
-                     workspace limit, TF32 off (fp32 parity), FP16 on for ``fp16`` with the sparsity
-                     routing (pooling, MLP, softmax, kernel mixing) pinned to fp32, one profile per tile
-                     regime, the timing cache file loaded and written back.
+``tensorrt-build``   TensorRT's ONNX parser (every parser error reported, in one line) into a strongly typed
+                     network (TensorRT 10.x and 11.x alike, :mod:`~nsr_deploy.runtimes.trt_compat`): the
+                     graph's own types decide each layer's precision. ``fp32`` parses ``model.onnx``;
+                     ``fp16`` parses the fp16 graph (``model.fp16.onnx``, :mod:`.onnx_fp16`: fp16 weights
+                     and activations, the sparsity routing fp32 behind explicit Casts). No precision
+                     builder flags (TensorRT 11 removed them). Builder config: workspace limit, TF32 off
+                     (fp32 tensors compute in fp32), one profile per tile regime, the timing cache file
+                     loaded and written back.
 ``tensorrt-parity``  the engine through :class:`~nsr_deploy.runtimes.trt_runner.TrtRunner` against the
                      PyTorch reference: fp32 max abs <= 1e-3 (GPU convolutions sum in another order than
                      the CPU reference); fp16 PSNR >= 40 dB against the fp32 reference on random patches
                      and a real image, plus a 0.1 max-abs guard against isolated broken pixels.
 
-Not supported: ``int8`` (no calibrator or Q/DQ graph here; use fp16, or OpenVINO for int8).
+Not supported: ``int8``. TensorRT 11 takes int8 only from explicit Q/DQ nodes in the graph (its
+calibrator API is gone); nsr-deploy does not write a Q/DQ graph for TensorRT yet, and one could not be
+verified without a GPU. Use fp16, or OpenVINO for int8.
 An engine is tied to the TensorRT version and the GPU (compute capability) that built it: the manifest
 records both and the runner names them when an engine is loaded elsewhere.
 """
@@ -27,7 +33,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nsr_deploy.capabilities import AUTO_FORM, PRECISIONS_OF_TARGET
@@ -58,8 +64,10 @@ def unavailable() -> str | None:
 def validate_options(options) -> None:
     """Refuse options this target cannot honour, before any work (the pipeline may call it up front)."""
     if options.precision == "int8":
-        raise NSRError("TensorRT int8 is not supported by nsr-deploy (it needs calibration or a Q/DQ graph, "
-                       "not implemented): use --precision fp16 for TensorRT, or --target openvino --precision int8")
+        raise NSRError("TensorRT int8 is not supported by nsr-deploy: TensorRT takes int8 only from an explicitly "
+                       "quantized (Q/DQ) ONNX graph (TensorRT 11 removed calibrators), which nsr-deploy does not "
+                       "write for TensorRT yet: use --precision fp16 for TensorRT, or --target openvino "
+                       "--precision int8")
     if options.precision not in PRECISIONS:
         raise NSRError(f"TensorRT supports precisions {', '.join(PRECISIONS)}, not {options.precision!r}")
     if options.workspace_mib < 1:
@@ -138,7 +146,7 @@ def format_parser_errors(source: str, issues: list[ParserIssue]) -> str:
 class EngineBuild:
     engine: bytes
     seconds: float
-    fp32_layers: list[str] = field(default_factory=list)
+    tf32_off: bool
     timing_cache: dict | None = None
 
 
@@ -174,25 +182,6 @@ def save_timing_cache(config, info: dict | None) -> None:
     info["bytes_written"] = len(data)
 
 
-def pin_fp32_layers(trt, network, routing) -> list[str]:
-    """fp16 builds: keep the sparsity routing in fp32 (softmax and reduce layers, and the layers that
-    produce the routing nodes' outputs). Returns the pinned layer names."""
-    pinned = []
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        wanted = (layer.type in (trt.LayerType.SOFTMAX, trt.LayerType.REDUCE) or layer.name in routing.nodes
-                  or any(t.name in routing.outputs for t in outputs))
-        float_outputs = [j for j, t in enumerate(outputs) if t.dtype == trt.float32]
-        if not wanted or not float_outputs:
-            continue
-        layer.precision = trt.float32
-        for j in float_outputs:
-            layer.set_output_type(j, trt.float32)
-        pinned.append(layer.name)
-    return pinned
-
-
 def add_profiles(builder, config, profiles, channels: int) -> None:
     """One ``IOptimizationProfile`` per :class:`~.tensorrt_profiles.ShapeProfile`, in order (index = order)."""
     for shape_profile in profiles:
@@ -203,27 +192,24 @@ def add_profiles(builder, config, profiles, channels: int) -> None:
             raise NSRError(f"TensorRT refused optimisation profile {shape_profile.name!r}")
 
 
-def build_engine(onnx_bytes: bytes, source: str, profiles, channels: int, precision: str, workspace_mib: int,
-                 timing_cache: str | None, routing=None) -> EngineBuild:
-    """Parse, configure and build; raises NSRError with TensorRT's own words when any step fails."""
+def build_engine(onnx_bytes: bytes, source: str, profiles, channels: int, workspace_mib: int,
+                 timing_cache: str | None) -> EngineBuild:
+    """Parse into a strongly typed network, configure and build; the precision is the graph's own (an fp32
+    or an fp16-typed ONNX model). Raises NSRError with TensorRT's own words when any step fails."""
     import tensorrt as trt
 
+    from nsr_deploy.runtimes.trt_compat import disable_tf32, network_flags
     from nsr_deploy.runtimes.trt_logging import collecting_logger
 
     logger = collecting_logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_bytes):
         raise NSRError(format_parser_errors(source, read_parser_errors(parser)))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib * MIB)
-    config.clear_flag(trt.BuilderFlag.TF32)  # TF32 convs/matmuls would break fp32 parity
-    pinned = []
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-        pinned = pin_fp32_layers(trt, network, routing)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    tf32_off = disable_tf32(trt, config)
     add_profiles(builder, config, profiles, channels)
     cache_info = attach_timing_cache(config, timing_cache)
     t0 = time.perf_counter()
@@ -232,7 +218,7 @@ def build_engine(onnx_bytes: bytes, source: str, profiles, channels: int, precis
     if serialized is None:
         raise NSRError(f"TensorRT could not build the engine ({logger.summary()})")
     save_timing_cache(config, cache_info)
-    return EngineBuild(memoryview(serialized).tobytes(), seconds, pinned, cache_info)
+    return EngineBuild(memoryview(serialized).tobytes(), seconds, tf32_off, cache_info)
 
 
 # -- parity gates ---------------------------------------------------------------------------------------------
@@ -254,7 +240,7 @@ def build(ctx) -> Artifact:
     import tensorrt as trt
 
     from nsr_deploy.exporters.tensorrt_profiles import profile_plan
-    from nsr_deploy.exporters.tensorrt_support import routing_nodes, support_summary
+    from nsr_deploy.exporters.tensorrt_support import support_summary
 
     options, cfg = ctx.options, ctx.loaded.config
     validate_options(options)
@@ -274,18 +260,21 @@ def build(ctx) -> Artifact:
         refuse_unsupported(model, onnx_path.name)
         static = static_batch_of(model)
         profiles = profile_plan(cfg, static, options.batch_profile, options.patch_batch)
-        routing = routing_nodes(model) if options.precision == "fp16" else None
+        if options.precision == "fp16":  # the graph's types make the engine fp16 (strong typing)
+            from nsr_deploy.exporters.onnx_fp16 import fp16_onnx_for
+
+            onnx_path = fp16_onnx_for(ctx, onnx_path)
     with ctx.stages.stage("tensorrt-build"):
-        built = build_engine(onnx_path.read_bytes(), onnx_path.name, profiles, cfg.channels, options.precision,
-                             options.workspace_mib, options.timing_cache, routing)
+        built = build_engine(onnx_path.read_bytes(), onnx_path.name, profiles, cfg.channels,
+                             options.workspace_mib, options.timing_cache)
         path = ctx.folder / MODEL_FILE
         path.write_bytes(built.engine)
     entry = target_entry(built, profiles, cfg.channels, options, static, conv_form_of(model))
     entry["operator_support"] = support_summary(model)
     if ranking is not None:
         entry["auto"] = ranking
-    entry["onnx_source"] = "model.onnx" if onnx_path.parent == ctx.folder else \
-        f"an ONNX twin of model.onnx in the {entry['conv_form']} form (not shipped)"
+    entry["onnx_source"] = onnx_path.name if onnx_path.parent == ctx.folder else \
+        f"an ONNX twin of model.onnx in the {entry['conv_form']} form, {options.precision} (not shipped)"
     return Artifact(NAME, path, f"TensorRT {options.precision}", f"tensorrt/{options.precision}", entry,
                     {"tensorrt": trt.__version__})
 
@@ -295,15 +284,14 @@ def gate(artifact: Artifact, ctx) -> GateResult:
     compute capability, memory) as the gate's facts."""
     import tensorrt as trt
 
+    from nsr_deploy.runtimes.trt_compat import device_memory_bytes
     from nsr_deploy.runtimes.trt_runner import TrtRunner
 
     with ctx.stages.stage("tensorrt-parity"), TrtRunner(str(artifact.path), ctx.options.threads) as runner:
         result = engine_gate(ctx.loaded, runner, ctx.options.precision)
         info = runner.device_info
-        engine = runner.engine
-        memory = getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size
         facts = runtime_entry(trt.__version__, info.name, info.compute_capability, runner.device.provider,
-                              int(memory), runner.load_seconds)
+                              device_memory_bytes(runner.engine), runner.load_seconds)
     return replace(result, facts=facts)
 
 
@@ -331,12 +319,10 @@ def target_entry(built: EngineBuild, profiles, channels: int, options, static: i
         "static_batch": static,
         "batch_profile": tiles.batch.as_list(),
         "profiles": [p.as_dict(channels) for p in profiles],
-        "tf32": False,
+        "tf32": not built.tf32_off,
+        "network": "strongly typed (layer precisions are the ONNX graph's types)",
         "workspace_mib": options.workspace_mib,
         "timing_cache": built.timing_cache,
         "build_seconds": round(built.seconds, 3),
     }
-    if options.precision == "fp16":
-        entry["fp32_layers"] = {"count": len(built.fp32_layers), "why": "sparsity routing (patch pooling, MLP, "
-                                "softmax over k, kernel mixing) kept in fp32", "layers": built.fp32_layers}
     return entry

@@ -280,7 +280,8 @@ _MLP_OPS = ("MatMul", "Gemm", "Add", *_SHAPE_OPS)
 @dataclass(frozen=True)
 class RoutingNodes:
     """ONNX nodes of the sparsity routing (pooling -> MLP -> softmax -> mixing) and their outputs: what the
-    TensorRT fp16 build pins to fp32, as DEVELOPERS.md asks of every precision-reducing target."""
+    fp16 ONNX graph (:mod:`.onnx_fp16`, which TensorRT fp16 engines are built from) keeps in fp32, as
+    DEVELOPERS.md asks of every precision-reducing target."""
 
     nodes: frozenset[str]
     outputs: frozenset[str]

@@ -5,9 +5,9 @@
 
 Choices, and why:
 
-* **Written against TensorRT 10's documented Python API** (``Runtime.deserialize_cuda_engine``,
-  ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``). Older releases are refused with
-  the version found: their API differs and their ONNX parser lacks what our graphs need.
+* **Written against TensorRT 10.x and 11.x's documented Python API** (``Runtime.deserialize_cuda_engine``,
+  ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``: the same in both). Other majors
+  are refused with the version found (:mod:`.trt_compat` holds what differs between 10 and 11).
 * **Device memory** comes from :mod:`.cuda_device` (torch.cuda or cuda-python; torch only when it is
   already imported or the only way in). Buffers grow to the largest call seen and are reused.
 * **Profiles are read from the engine**, not the manifest: each call picks the first optimisation
@@ -32,41 +32,30 @@ import numpy as np
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.runtimes.base import Runner
 
-MIN_TENSORRT = (10, 0)
 IO_NAMES = ("x", "valid", "y")
 
 
 def tensorrt_unavailable() -> str | None:
-    """None when TensorRT >= 10 imports here, else why not."""
+    """None when TensorRT 10.x or 11.x imports here, else why not."""
     try:
         import tensorrt as trt
     except ImportError as e:
         if e.name == "tensorrt":
-            return ("TensorRT is not installed (no module named 'tensorrt'): pip install tensorrt (10.x) on a "
-                    "machine with an NVIDIA GPU and driver")
+            return ("TensorRT is not installed (no module named 'tensorrt'): pip install 'tensorrt<12' (10.x or "
+                    "11.x) on a machine with an NVIDIA GPU and driver")
         return f"TensorRT cannot be loaded ({str(e).splitlines()[0][:160]})"
     except Exception as e:  # a broken install: missing libnvinfer, driver mismatch
         return f"TensorRT cannot be loaded ({str(e).splitlines()[0][:160]})"
-    found = parse_version(getattr(trt, "__version__", "0"))
-    if found < MIN_TENSORRT:
-        return f"TensorRT {'.'.join(map(str, MIN_TENSORRT))} or newer is needed, found {trt.__version__}"
-    return None
+    from nsr_deploy.runtimes.trt_compat import version_refusal
+
+    return version_refusal(getattr(trt, "__version__", "0"))
 
 
 def unavailable() -> str | None:
-    """None when engines can run here (TensorRT >= 10 and a CUDA device), else why not."""
+    """None when engines can run here (TensorRT 10.x or 11.x and a CUDA device), else why not."""
     from nsr_deploy.runtimes.cuda_device import unavailable as cuda_unavailable
 
     return tensorrt_unavailable() or cuda_unavailable()
-
-
-def parse_version(text: str) -> tuple[int, int]:
-    """``"10.3.0.26"`` -> ``(10, 3)``; unparsable parts count as 0."""
-    parts = []
-    for piece in str(text).split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts + [0] * (2 - len(parts)))
 
 
 # -- profiles, as the engine states them ------------------------------------------------------------------
