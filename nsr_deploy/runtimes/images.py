@@ -61,7 +61,7 @@ def read_image(path: str | Path, channels: int) -> LoadedImage:
     budget = max_pixels()
     # our budget replaces Pillow's bomb limit (a fixed 179 Mpx that --max-pixels could not raise): the
     # header's size is checked below, before anything is decoded
-    Image.MAX_IMAGE_PIXELS = None
+    pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
         with warnings_module.catch_warnings():
             warnings_module.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -84,6 +84,8 @@ def read_image(path: str | Path, channels: int) -> LoadedImage:
         raise NSRError(f"{path}: not a readable image ({why})") from None
     except MemoryError:
         raise NSRError(f"{path}: not enough memory to decode it") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit  # other readers (calibration, bench) keep Pillow's guard
     warnings: list[str] = []
     mode = img.mode
     if deep and img.mode in ("RGB", "RGBA"):
