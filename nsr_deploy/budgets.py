@@ -42,6 +42,9 @@ CONFIG_BOUNDS = {
     "task": (str, None, None),
 }
 
+_override_pixels: int | None = None
+
+
 def _positive_int(text: str, what: str) -> int:
     try:
         value = int(float(text)) if "e" in text.lower() else int(text.replace("_", ""))
@@ -53,16 +56,16 @@ def _positive_int(text: str, what: str) -> int:
 
 
 def set_max_pixels(value: int | None) -> None:
-    """The ``--max-pixels`` option: set in the environment, so the processes this one starts (Ray
-    actors on a local cluster) keep the same budget."""
-    if value is None:
-        return
-    if value < 1:
+    """The ``--max-pixels`` option: wins over the environment for this process."""
+    global _override_pixels
+    if value is not None and value < 1:
         raise NSRError(f"--max-pixels must be >= 1, got {value}")
-    os.environ[PIXELS_ENV] = str(value)
+    _override_pixels = value
 
 
 def max_pixels() -> int:
+    if _override_pixels is not None:
+        return _override_pixels
     env = os.environ.get(PIXELS_ENV)
     return _positive_int(env, PIXELS_ENV) if env else DEFAULT_MAX_PIXELS
 
