@@ -12,10 +12,11 @@ from dataclasses import dataclass
 GPU_BACKENDS = ("tensorrt",)
 EXPORTED_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 # conv forms each exported backend can run (see nsr_deploy.models.deploy and exporters.nchwc)
-FORMS = {"onnxruntime": ("grouped", "matmul", "dense-mix", "nchwc"),
+FORMS = {"onnxruntime": ("grouped", "matmul", "dense-mix", "nchwc", "nchwc-at-load"),
          "openvino": ("grouped", "matmul", "dense-mix"),
          "tensorrt": ("grouped", "matmul", "dense-mix")}
-FORM_NOT_HERE = {"nchwc": "ONNX Runtime's internal NCHWc ops: only ONNX Runtime runs them"}
+FORM_NOT_HERE = {"nchwc": "ONNX Runtime's internal NCHWc ops: only ONNX Runtime runs them",
+                 "nchwc-at-load": "ONNX Runtime's load-time specialisation: only its runner does it"}
 TARGET_OF = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt"}
 THREAD_KNOB = {"torch": "torch.set_num_threads({n})",
                "onnxruntime": "SessionOptions.intra_op_num_threads={n}, inter_op_num_threads=1",

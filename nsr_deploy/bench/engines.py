@@ -18,6 +18,8 @@ from pathlib import Path
 from nsr_deploy.errors import NSRError
 
 TWIN_FORM = "matmul"  # the twin has no sparse conv: every form traces to the same plain convs
+AT_LOAD_FORM = "nchwc-at-load"  # the portable grouped file, specialised by the ONNX Runtime runner at load
+AT_LOAD_SOURCE = "grouped"
 TWIN_SEED = 1234
 
 
@@ -93,7 +95,7 @@ class EngineFactory:
         return self.patch_batch if form in STATIC_FORMS else None
 
     def onnx_path(self, form: str, twin: bool = False) -> Path:
-        form = TWIN_FORM if twin else form
+        form = TWIN_FORM if twin else AT_LOAD_SOURCE if form == AT_LOAD_FORM else form
 
         def build() -> Path:
             from nsr_deploy.exporters.onnx import build_onnx
@@ -147,7 +149,9 @@ class EngineFactory:
 
             if spec.precision != "fp32":
                 raise NSRError(f"ONNX Runtime engines are fp32 here, not {spec.precision}")
-            return OrtRunner(str(self.onnx_path(spec.form, spec.twin)), self.threads)
+            # every other form is timed as built; only nchwc-at-load gets the runner's specialisation
+            return OrtRunner(str(self.onnx_path(spec.form, spec.twin)), self.threads,
+                             specialise=spec.form == AT_LOAD_FORM and not spec.twin)
         if spec.backend == "openvino":
             from nsr_deploy.runtimes.ov_runner import OvRunner
 

@@ -30,7 +30,9 @@ SUITES = (*DEFAULT_SUITES, "ray")  # ray: only when asked for (it starts a Ray c
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 DEVICES = ("cpu",)
 MODES = ("quick", "default", "paper")
-CONV_FORMS = ("grouped", "matmul", "dense-mix", "nchwc")
+# nchwc: ONNX Runtime's blocked form built from torch (the old export form); nchwc-at-load: the shipped
+# portable grouped model as the ONNX Runtime runner specialises it at load (runtimes.ort_specialise)
+CONV_FORMS = ("grouped", "matmul", "dense-mix", "nchwc", "nchwc-at-load")
 # dense-mix evaluates all k groups (k times the FLOPs by construction), so it cannot show the saving
 # the bench is about; it is timed only when asked for (--conv-forms).
 DEFAULT_CONV_FORMS = ("grouped", "matmul", "nchwc")

@@ -3,10 +3,13 @@
 Writes ``OUT/model.onnx`` and ``OUT/nsr.json`` atomically (a temp folder renamed into place only
 after every gate passed). The same inputs give byte-identical model files.
 
-Conv forms: the portable ``grouped``, ``matmul``, ``dense-mix`` (traced from the deploy rewrite) and
-the ONNX-Runtime-only ``nchwc`` (written directly in ORT's blocked layout, see :mod:`.nchwc`).
-``auto`` builds every candidate, checks its parity, times it in ONNX Runtime on this machine and
-keeps the fastest; the timings go into the manifest.
+``model.onnx`` is always portable: standard ONNX ops, IR version and opset that ONNX Runtime >= 1.17
+(Python, C, Node, Web) loads. Conv forms: ``grouped``, ``matmul``, ``dense-mix`` (traced from the deploy
+rewrite). ``auto`` decides by a rule (:mod:`.form_rule`); ``tune`` builds every candidate, checks its
+parity, times it in ONNX Runtime on this machine and keeps the fastest (machine-specific; the timings go
+into the manifest). ONNX Runtime's blocked ``nchwc`` form is not shipped: the runner builds it at load
+for its own CPU (:mod:`nsr_deploy.runtimes.ort_specialise`); :func:`build_onnx` still writes it for the
+bench.
 """
 
 from __future__ import annotations
@@ -20,18 +23,24 @@ import numpy as np
 
 from nsr_deploy.errors import NSRError
 from nsr_deploy.exporters.common import Stages, base_manifest, sha256_bytes, tool_versions
+from nsr_deploy.exporters.form_rule import auto_form
 from nsr_deploy.models.deploy import CONV_FORMS, STATIC_BATCH_FORMS, DeployNet
 
 OPSETS = range(13, 21)  # Softmax over one axis from 13; the legacy exporter stops at 20
 DEFAULT_OPSET = 17
 DEFAULT_PATCH_BATCH = 16
 MODEL_FILE = "model.onnx"
-ONNX_FORMS = (*CONV_FORMS, "nchwc")
-FORM_CHOICES = (*ONNX_FORMS, "auto")
+ONNX_FORMS = (*CONV_FORMS, "nchwc")  # what build_onnx writes; nchwc only for the bench
+FORM_CHOICES = (*CONV_FORMS, "auto", "tune")  # what an export ships
 STATIC_FORMS = (*STATIC_BATCH_FORMS, "nchwc")
+LOAD_TIME_NOTE = ("ONNX Runtime on CPUs with NCHWc kernels (x86) rewrites it into its blocked form for the CPU it "
+                  "runs on, checked against this file and cached; elsewhere it runs as is")
 
 
 def check_options(conv_form: str, patch_batch: int | None, opset: int) -> None:
+    if conv_form == "nchwc":
+        raise NSRError("conv form 'nchwc' is no longer exported: model.onnx stays portable and the ONNX Runtime "
+                       "runner rewrites it into the NCHWc form of the CPU it runs on, at load")
     if conv_form not in FORM_CHOICES:
         raise NSRError(f"unknown conv form {conv_form!r} (choose from {', '.join(FORM_CHOICES)})")
     if opset not in OPSETS:
@@ -70,6 +79,8 @@ def _finish(model, loaded, conv_form: str, patch_batch: int | None, full_check: 
     props = {p.key: p.value for p in model.metadata_props}
     props["nsr_manifest"] = json.dumps(contract, sort_keys=True)
     onnx.helper.set_model_props(model, props)
+    # the oldest IR version its opsets allow (IR 8 for opset 17): what older runtimes (ORT web / node) read
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
     try:
         onnx.checker.check_model(model, full_check=full_check)
     except onnx.checker.ValidationError as e:
@@ -172,8 +183,8 @@ def unavailable() -> str | None:
 
 
 def candidate_forms() -> list[str]:
-    """Forms worth timing for ``auto``: every portable form, plus ``nchwc`` where ORT has it."""
-    return list(ONNX_FORMS)
+    """Forms timed by ``tune``: every portable form (only those ship)."""
+    return list(CONV_FORMS)
 
 
 def time_runner(runner, channels: int, batch: int, size: int, repeats: int = 3) -> float:
@@ -194,7 +205,8 @@ def time_runner(runner, channels: int, batch: int, size: int, repeats: int = 3) 
 
 
 def choose_form(loaded, batch: int, opset: int, threads: int | None, scratch: Path) -> tuple[str, dict]:
-    """Build, parity-check and time every candidate in ONNX Runtime; the fastest that passes wins."""
+    """``tune``: build, parity-check and time every candidate in ONNX Runtime on this machine (as shipped,
+    no load-time specialisation); the fastest that passes wins. Machine-specific by nature."""
     from nsr_deploy.bench.parity import FP32_MAX_ABS, patch_parity
     from nsr_deploy.runtimes.ort_runner import OrtRunner
 
@@ -208,7 +220,7 @@ def choose_form(loaded, batch: int, opset: int, threads: int | None, scratch: Pa
             continue
         path = scratch / f"candidate-{form}.onnx"
         path.write_bytes(model.SerializeToString())
-        with OrtRunner(str(path), threads) as runner:
+        with OrtRunner(str(path), threads, specialise=False) as runner:
             check = patch_parity(loaded.net, runner, batch, cfg.patch_size, FP32_MAX_ABS)
             if not check.passed:
                 report[form] = {"status": "failed parity", "max_abs": check.as_dict()["max_abs"]}
@@ -219,7 +231,9 @@ def choose_form(loaded, batch: int, opset: int, threads: int | None, scratch: Pa
     if not timed:
         raise NSRError("no conv form passed the parity gate in ONNX Runtime")
     return min(timed, key=timed.get), {"workload": f"{batch} patches of {cfg.patch_size}x{cfg.patch_size}",
-                                       "threads": threads, "candidates": report}
+                                       "threads": threads, "candidates": report, "machine_specific": True,
+                                       "note": "timed on the exporting machine; another machine may rank the "
+                                               "forms differently"}
 
 
 def build(ctx) -> None:
@@ -229,17 +243,21 @@ def build(ctx) -> None:
 
     opts, loaded = ctx.options, ctx.loaded
     check_options(opts.conv_form, opts.patch_batch, opts.opset)
-    form, auto = opts.conv_form, None
+    form, choice = opts.conv_form, None
     batch_for_static = opts.patch_batch or DEFAULT_PATCH_BATCH
-    if form == "auto":
-        with ctx.stages.stage("choose"):
-            form, auto = choose_form(loaded, batch_for_static, opts.opset, opts.threads, ctx.scratch)
+    with ctx.stages.stage("choose"):
+        if form == "auto":
+            form, why = auto_form(loaded.config, ctx.targets)
+            choice = {"auto": {"rule": why}}
+        elif form == "tune":
+            form, tuned = choose_form(loaded, batch_for_static, opts.opset, opts.threads, ctx.scratch)
+            choice = {"tune": tuned}
     batch = batch_for_static if form in STATIC_FORMS else None
     model = build_onnx(loaded, form, batch, opts.opset, ctx.stages)
     data = model.SerializeToString()
     (ctx.folder / MODEL_FILE).write_bytes(data)
     with ctx.stages.stage("parity"):
-        with OrtRunner(str(ctx.folder / MODEL_FILE), opts.threads) as runner:
+        with OrtRunner(str(ctx.folder / MODEL_FILE), opts.threads, specialise=False) as runner:
             parity = parity_gate(loaded, runner, FP32_MAX_ABS)
     if not parity["passed"]:
         worst = max(parity["checks"], key=lambda c: c["max_abs"])
@@ -248,13 +266,10 @@ def build(ctx) -> None:
     manifest = base_manifest(loaded, form, batch, dynamic_axes(form))
     manifest["opset"] = opts.opset
     target = {"file": MODEL_FILE, "sha256": sha256_bytes(data), "precision": "fp32", "runtime": "onnxruntime",
-              "conv_form": form, "static_batch": batch, "portable": form != "nchwc"}
-    if form == "nchwc":
-        target["nchwc_block"] = int({p.key: p.value for p in model.metadata_props}["nsr_nchwc_block"])
-        target["note"] = ("ONNX Runtime on x86 only (internal com.microsoft.nchwc ops); the block size must match "
-                          "the machine's; other runtimes get a portable form")
-    if auto:
-        target["auto"] = auto
+              "conv_form": form, "static_batch": batch, "portable": True, "ir_version": model.ir_version,
+              "load_time": LOAD_TIME_NOTE}
+    if choice:
+        target.update(choice)
     manifest["targets"] = {"onnx": target}
     manifest["tools"] = tool_versions("torch", "onnx", "onnxsim", "onnxruntime")
     manifest["parity"] = {"onnxruntime/fp32": parity}

@@ -55,15 +55,33 @@ def _manifest_of_file(path: Path) -> dict | None:
         from nsr_deploy.runtimes.ov_runner import read_ir_manifest
 
         return read_ir_manifest(path)
-    if path.suffix == ".onnx":  # a bare model: its config travels in the ONNX metadata
-        try:
-            import onnx
-        except ImportError:
-            return None
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if path.suffix == ".onnx":  # a bare model: its contract travels in the ONNX metadata
+        props = _onnx_metadata(path)
         if "nsr_manifest" in props:
             return json.loads(props["nsr_manifest"])
     return None
+
+
+def _onnx_metadata(path: Path) -> dict:
+    """An ONNX file's metadata props, read by ``onnx`` or, without it, by ONNX Runtime."""
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+    if onnx is not None:
+        return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {}
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - not loadable here: no contract to read
+        return {}
+    return dict(session.get_modelmeta().custom_metadata_map)
 
 
 def load(path, backend: str = "auto", threads: int | None = None, tiling: str = "reference",

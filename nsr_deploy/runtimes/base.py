@@ -62,12 +62,22 @@ class Runner:
         outs = []
         for i in range(0, x.shape[0], n):
             xb, vb = x[i:i + n], valid[i:i + n]
-            m = xb.shape[0]
-            if m < n:  # a fixed-batch engine: pad with copies of the last item, drop them after
-                xb = np.concatenate([xb, np.repeat(xb[-1:], n - m, 0)])
-                vb = np.concatenate([vb, np.repeat(vb[-1:], n - m, 0)])
-            outs.append(self._infer(np.ascontiguousarray(xb), np.ascontiguousarray(vb))[:m])
+            run = self._infer if xb.shape[0] == n else self._infer_short
+            outs.append(run(np.ascontiguousarray(xb), np.ascontiguousarray(vb)))
         return np.concatenate(outs)
+
+    def computed_items(self, m: int) -> int:
+        """Batch items one call of ``m`` patches really computes (a fixed batch pads short calls)."""
+        n = self.static_batch
+        return m if n is None else -(-m // n) * n
+
+    def _infer_short(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Fewer patches than a fixed batch: pad with copies of the last item, drop them after.
+        Runners with a smaller engine at hand override this (and :meth:`computed_items`)."""
+        n, m = self.static_batch, x.shape[0]
+        xb = np.concatenate([x, np.repeat(x[-1:], n - m, 0)])
+        vb = np.concatenate([valid, np.repeat(valid[-1:], n - m, 0)])
+        return self._infer(xb, vb)[:m]
 
     # -- for subclasses --------------------------------------------------------------------
     def _activate(self) -> None:
