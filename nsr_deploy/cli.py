@@ -12,6 +12,7 @@ import sys
 import click
 
 from nsr_deploy import __version__
+from nsr_deploy.capabilities import AUTO_BACKEND, AUTO_FORM, BACKEND_NAMES, FORM_CHOICES, PRECISIONS, TARGET_CHOICES
 from nsr_deploy.errors import NSRError, user_errors
 
 
@@ -90,17 +91,14 @@ def _describe_check(check: dict) -> str:
     return text
 
 
-TARGETS = ("onnx", "openvino", "tensorrt", "triton", "all")
-
-
 @main.command()
 @model_argument
-@click.option("--target", "-t", type=click.Choice(TARGETS), default="onnx", show_default=True,
+@click.option("--target", "-t", type=click.Choice(TARGET_CHOICES), default="onnx", show_default=True,
               help="What to build (ONNX is always built: the others are lowered from it). "
                    "'all' builds every target this machine can build.")
 @click.option("--output", "-o", "out", type=click.Path(file_okay=False), default="out", show_default=True,
               help="Output folder (written atomically).")
-@click.option("--conv-form", type=click.Choice(["auto", "tune", "grouped", "matmul", "dense-mix"]), default="auto",
+@click.option("--conv-form", type=click.Choice(FORM_CHOICES), default=AUTO_FORM,
               show_default=True,
               help="How the per-patch convolution is expressed in the graph. auto: decided by a rule from the model "
                    "and the targets (same file on every machine); tune: time every form that passes parity on this "
@@ -108,7 +106,7 @@ TARGETS = ("onnx", "openvino", "tensorrt", "triton", "all")
 @click.option("--patch-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Patches per engine call (fixed for the 'grouped' form).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13-20).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="OpenVINO/TensorRT precision (ONNX stays fp32).")
 @click.option("--calib", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of calibration images for int8 (default: bundled samples).")
@@ -172,7 +170,7 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
                    "name (checkpoints and bundled models run on the PyTorch reference). Default: sr-x2.")
 @click.option("--output", "-o", "output", required=True, type=click.Path(),
               help="Output file (one input) or folder.")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "tensorrt", "torch"]),
+@click.option("--backend", type=click.Choice([AUTO_BACKEND, *sorted(BACKEND_NAMES)]),
               default="auto", show_default=True)
 @click.option("--tiling", type=click.Choice(["reference", "cells"]), default="reference", show_default=True,
               help="reference: the trainer's overlapping patches (exact parity); cells: non-overlapping "

@@ -9,15 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GPU_BACKENDS = ("tensorrt",)
-EXPORTED_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
-# conv forms each exported backend can run (see nsr_deploy.models.deploy and exporters.nchwc)
-FORMS = {"onnxruntime": ("grouped", "matmul", "dense-mix", "nchwc", "nchwc-at-load"),
-         "openvino": ("grouped", "matmul", "dense-mix"),
-         "tensorrt": ("grouped", "matmul", "dense-mix")}
+from nsr_deploy.capabilities import EXPORTED_BACKENDS, GPU_BACKENDS, TARGET_OF_BACKEND, forms_of
+
 FORM_NOT_HERE = {"nchwc": "ONNX Runtime's internal NCHWc ops: only ONNX Runtime runs them",
                  "nchwc-at-load": "ONNX Runtime's load-time specialisation: only its runner does it"}
-TARGET_OF = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt"}
 THREAD_KNOB = {"torch": "torch.set_num_threads({n})",
                "onnxruntime": "SessionOptions.intra_op_num_threads={n}, inter_op_num_threads=1",
                "openvino": "INFERENCE_NUM_THREADS={n}, PERFORMANCE_HINT=LATENCY (one stream)",
@@ -33,7 +28,7 @@ class Backends:
 
     def forms(self, backend: str, wanted: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
         """The conv forms of ``wanted`` that ``backend`` runs, and the others with why not."""
-        ok = tuple(f for f in wanted if f in FORMS.get(backend, ()))
+        ok = tuple(f for f in wanted if f in forms_of(backend))
         skipped = {f: FORM_NOT_HERE.get(f, f"not a {backend} conv form") for f in wanted if f not in ok}
         return ok, skipped
 
@@ -52,7 +47,7 @@ def unavailable_reason(backend: str, device: str) -> str | None:
         return "a GPU backend and this run is --device cpu" + (f"; also: {why}" if why else "")
     why = backend_unavailable(backend)
     if why is None and backend in EXPORTED_BACKENDS:
-        why = _exporter_unavailable(TARGET_OF[backend])
+        why = _exporter_unavailable(TARGET_OF_BACKEND[backend])
     return why
 
 

@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nsr_deploy.capabilities import AT_LOAD_FORM, TIMING_TWIN_FORM
 from nsr_deploy.errors import NSRError
 
-TWIN_FORM = "matmul"  # the twin has no sparse conv: every form traces to the same plain convs
-AT_LOAD_FORM = "nchwc-at-load"  # the portable grouped file, specialised by the ONNX Runtime runner at load
-AT_LOAD_SOURCE = "grouped"
+TWIN_FORM = TIMING_TWIN_FORM
+AT_LOAD_SOURCE = "grouped"  # the file nchwc-at-load specialises
 TWIN_SEED = 1234
 
 

@@ -38,11 +38,11 @@ from nsr_deploy.bench.layer_graphs import LAYER_FORMS, export_layer, export_nchw
 from nsr_deploy.bench.settings import LayerProtocol
 from nsr_deploy.bench.table import Table, fmt
 from nsr_deploy.bench.timing import measure_rows
+from nsr_deploy.capabilities import LAYER_BACKENDS
 from nsr_deploy.errors import NSRError
 
 PROTOCOLS = ("baseline", "fixed size", "fixed FLOPs")
 CHECKED_PATCHES = 2
-LAYER_BACKENDS = ("torch", "onnxruntime", "openvino")
 SEED = 0
 
 

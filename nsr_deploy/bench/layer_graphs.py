@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from nsr_deploy.capabilities import ONNX_FORMS
 from nsr_deploy.errors import NSRError
 from nsr_deploy.runtimes.base import Runner
 from nsr_deploy.runtimes.ort_runner import OrtRunner
 
-LAYER_FORMS = ("grouped", "matmul", "dense-mix", "nchwc")  # nchwc: ONNX Runtime only (exporters.nchwc)
+LAYER_FORMS = ONNX_FORMS  # nchwc: ONNX Runtime only (exporters.nchwc)
 
 
 def export_nchwc_layer(conv, batch: int, path: Path, opset: int = 17) -> Path:

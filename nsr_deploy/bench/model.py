@@ -30,10 +30,10 @@ from nsr_deploy.bench.images import bench_input
 from nsr_deploy.bench.parity import random_patches
 from nsr_deploy.bench.table import Table, fmt
 from nsr_deploy.bench.timing import Timing, measure, measure_rows
+from nsr_deploy.capabilities import TWIN_BACKENDS
 from nsr_deploy.errors import NSRError
 
 REFERENCE_PATH = "reference path (torch eager)"
-TWIN_BACKENDS = ("torch", "onnxruntime", "openvino")
 
 
 class ModelSuite:

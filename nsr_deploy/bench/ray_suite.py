@@ -52,11 +52,11 @@ class RaySuite:
 
     def measure(self) -> None:
         from nsr_deploy.bench.ray_throughput import ray_throughput
+        from nsr_deploy.capabilities import DEPLOY_FORMS
         from nsr_deploy.exporters.pipeline import ExportOptions, export
-        from nsr_deploy.models.deploy import CONV_FORMS
 
         # a portable form: the nchwc filters are baked for this machine's MLAS block, a cluster may mix CPUs
-        form = next((f for f in self.ctx.settings.conv_forms if f in CONV_FORMS), "matmul")
+        form = next((f for f in self.ctx.settings.conv_forms if f in DEPLOY_FORMS), "matmul")
         engine = self.ctx.scratch / "ray-engine"
         export(self.ctx.loaded, engine, "onnx", ExportOptions(conv_form=form, show_progress=False))
         images = self.ctx.scratch / "ray-images"

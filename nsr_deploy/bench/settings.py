@@ -23,19 +23,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nsr_deploy.bench.machine import usable_cores
+from nsr_deploy.capabilities import BACKEND_NAMES, BENCH_DEFAULT_FORMS, BENCH_FORMS
 from nsr_deploy.errors import NSRError
 
 DEFAULT_SUITES = ("parity", "layer", "model", "quality")
 SUITES = (*DEFAULT_SUITES, "ray")  # ray: only when asked for (it starts a Ray cluster; nsr-deploy[serve])
-BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+BACKENDS = BACKEND_NAMES
 DEVICES = ("cpu",)
 MODES = ("quick", "default", "paper")
-# nchwc: ONNX Runtime's blocked form built from torch (the old export form); nchwc-at-load: the shipped
-# portable grouped model as the ONNX Runtime runner specialises it at load (runtimes.ort_specialise)
-CONV_FORMS = ("grouped", "matmul", "dense-mix", "nchwc", "nchwc-at-load")
-# dense-mix evaluates all k groups (k times the FLOPs by construction), so it cannot show the saving
-# the bench is about; it is timed only when asked for (--conv-forms).
-DEFAULT_CONV_FORMS = ("grouped", "matmul", "nchwc")
+CONV_FORMS = BENCH_FORMS
+DEFAULT_CONV_FORMS = BENCH_DEFAULT_FORMS  # dense-mix only when asked for (see capabilities)
 FLOAT_PRECISIONS = ("fp32", "fp16")
 
 

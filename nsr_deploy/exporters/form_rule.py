@@ -14,18 +14,18 @@ The rule (forms: :mod:`nsr_deploy.models.deploy`):
   (``Conv.group`` is an attribute); runners keep short calls from computing the padding.
 
 Timing the candidates is still there, as the explicit opt-in ``--conv-form tune`` (machine-specific).
+The rule's data lives in :mod:`nsr_deploy.capabilities`.
 """
 
 from __future__ import annotations
 
-RULE_FORM_SPARSE = "grouped"
-RULE_FORM_DENSE = "matmul"
+from nsr_deploy.capabilities import AUTO_DENSE_FORM, AUTO_SPARSE_FORM
 
 
 def auto_form(config, targets: list[str] | tuple[str, ...] = ("onnx",)) -> tuple[str, str]:
     """The conv form for ``model.onnx`` and the reason, for a model ``config`` exported to ``targets``."""
     if not config.sparse:
-        return RULE_FORM_DENSE, "dense model: no per-patch conv, every form is one graph; matmul's batch is dynamic"
+        return AUTO_DENSE_FORM, "dense model: no per-patch conv, every form is one graph; matmul's batch is dynamic"
     runtimes = ", ".join(t for t in targets if t != "onnx") or "onnx"
-    return RULE_FORM_SPARSE, (f"sparse model for {runtimes}: grouped is standard ONNX every runtime runs, the "
+    return AUTO_SPARSE_FORM, (f"sparse model for {runtimes}: grouped is standard ONNX every runtime runs, the "
                               "fastest portable form on CPUs, and what ONNX Runtime specialises to NCHWc at load")

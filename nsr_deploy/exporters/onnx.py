@@ -21,18 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
+from nsr_deploy.capabilities import EXPORT_FORMS, FORM_CHOICES, STATIC_BATCH_FORMS, TUNE_FORM
 from nsr_deploy.errors import NSRError
 from nsr_deploy.exporters.common import Stages, base_manifest, sha256_bytes, tool_versions
 from nsr_deploy.exporters.form_rule import auto_form
-from nsr_deploy.models.deploy import CONV_FORMS, STATIC_BATCH_FORMS, DeployNet
+from nsr_deploy.models.deploy import DeployNet
 
 OPSETS = range(13, 21)  # Softmax over one axis from 13; the legacy exporter stops at 20
 DEFAULT_OPSET = 17
 DEFAULT_PATCH_BATCH = 16
 MODEL_FILE = "model.onnx"
-ONNX_FORMS = (*CONV_FORMS, "nchwc")  # what build_onnx writes; nchwc only for the bench
-FORM_CHOICES = (*CONV_FORMS, "auto", "tune")  # what an export ships
-STATIC_FORMS = (*STATIC_BATCH_FORMS, "nchwc")
+STATIC_FORMS = STATIC_BATCH_FORMS
 LOAD_TIME_NOTE = ("ONNX Runtime on CPUs with NCHWc kernels (x86) rewrites it into its blocked form for the CPU it "
                   "runs on, checked against this file and cached; elsewhere it runs as is")
 
@@ -184,7 +183,7 @@ def unavailable() -> str | None:
 
 def candidate_forms() -> list[str]:
     """Forms timed by ``tune``: every portable form (only those ship)."""
-    return list(CONV_FORMS)
+    return list(EXPORT_FORMS)
 
 
 def time_runner(runner, channels: int, batch: int, size: int, repeats: int = 3) -> float:
@@ -249,7 +248,7 @@ def build(ctx) -> None:
         if form == "auto":
             form, why = auto_form(loaded.config, ctx.targets)
             choice = {"auto": {"rule": why}}
-        elif form == "tune":
+        elif form == TUNE_FORM:
             form, tuned = choose_form(loaded, batch_for_static, opts.opset, opts.threads, ctx.scratch)
             choice = {"tune": tuned}
     batch = batch_for_static if form in STATIC_FORMS else None

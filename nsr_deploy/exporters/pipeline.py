@@ -15,19 +15,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nsr_deploy.capabilities import ALL_TARGETS, PACKAGING_TARGETS, PORTABLE_FORM
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.exporters.common import Stages, atomic_output
 from nsr_deploy.runtimes.manifest import MANIFEST, write_json
 
-TARGET_MODULES = {
-    "onnx": "nsr_deploy.exporters.onnx",
-    "openvino": "nsr_deploy.exporters.openvino",
-    "tensorrt": "nsr_deploy.exporters.tensorrt",
-    "triton": "nsr_deploy.exporters.triton",
-}
-# Targets that lay out the engines built before them (a folder layout, not an engine): never part of
-# ``all``; they build every engine target this machine can build, skipping (with why) the others.
-PACKAGING_TARGETS = {"triton": ("onnx", "openvino", "tensorrt")}
+TARGET_MODULES = {name: f"nsr_deploy.exporters.{name}" for name in ALL_TARGETS}
 
 
 @dataclass
@@ -65,7 +58,7 @@ class ExportContext:
         info = self.manifest["targets"]["onnx"]
         if info.get("portable", True):
             return self.folder / info["file"]
-        return self.onnx_for("grouped")
+        return self.onnx_for(PORTABLE_FORM)
 
     def onnx_for(self, form: str) -> Path:
         """The ONNX model in conv form ``form`` (``model.onnx`` if it is that form; else built once)."""

@@ -30,6 +30,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
+from nsr_deploy.capabilities import DEPLOY_FORMS, TENSORRT_FORM_ORDER
+
 # The TensorRT release these rules were checked against, and the oldest one that parses runtime-weight Conv.
 CHECKED_AGAINST = "onnx-tensorrt docs/operators.md + importers, 10.1 GA (commit 96e7811)"
 DEFAULT_TRT_VERSION = (10, 0)
@@ -337,7 +339,7 @@ def _walk_forward(node, consumers: dict, chosen: dict) -> None:
 
 
 # -- the conv form TensorRT supports best -----------------------------------------------------------------
-FORM_ORDER = ("matmul", "dense-mix", "grouped")  # tie-break only
+FORM_ORDER = TENSORRT_FORM_ORDER  # tie-break only
 
 
 @dataclass(frozen=True)
@@ -396,9 +398,8 @@ def preferred_conv_form_for(loaded, patch_batch: int | None, opset: int,
                             version: tuple[int, int] = DEFAULT_TRT_VERSION) -> tuple[str, list[dict]]:
     """Export every portable conv form of ``loaded`` and pick TensorRT's best (for ``--conv-form auto``)."""
     from nsr_deploy.exporters.onnx import DEFAULT_PATCH_BATCH, STATIC_FORMS, build_onnx
-    from nsr_deploy.models.deploy import CONV_FORMS
 
     cfg = loaded.config
     batch = patch_batch or DEFAULT_PATCH_BATCH
-    graphs = {form: build_onnx(loaded, form, batch if form in STATIC_FORMS else None, opset) for form in CONV_FORMS}
+    graphs = {form: build_onnx(loaded, form, batch if form in STATIC_FORMS else None, opset) for form in DEPLOY_FORMS}
     return preferred_conv_form(graphs, cfg.groups if cfg.sparse else 1, version)

@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nsr_deploy.capabilities import DEPLOY_FORMS as CONV_FORMS
+from nsr_deploy.capabilities import STATIC_BATCH_FORMS
 from nsr_deploy.models.conv import Conv2d
 from nsr_deploy.models.network import NSRNet
 from nsr_deploy.models.sparse_conv import SparseConv2d
-
-CONV_FORMS = ("grouped", "matmul", "dense-mix")
-STATIC_BATCH_FORMS = ("grouped",)
 
 
 class DeploySparseConv(nn.Module):

@@ -11,25 +11,16 @@ import importlib
 import json
 from pathlib import Path
 
+from nsr_deploy.capabilities import AUTO_ORDER, BACKEND_OF_SUFFIX, BACKENDS, REFERENCE_BACKEND, TARGET_OF_BACKEND
 from nsr_deploy.errors import BackendUnavailable, NSRError
-
-# backend -> (module, runner class, file suffix it runs)
-BACKENDS = {
-    "tensorrt": ("nsr_deploy.runtimes.trt_runner", "TrtRunner", ".engine"),
-    "openvino": ("nsr_deploy.runtimes.ov_runner", "OvRunner", ".xml"),
-    "onnxruntime": ("nsr_deploy.runtimes.ort_runner", "OrtRunner", ".onnx"),
-    "torch": ("nsr_deploy.runtimes.torch_runner", "TorchRunner", None),
-}
-AUTO_ORDER = ("tensorrt", "openvino", "onnxruntime")
-TARGET_OF_BACKEND = {"tensorrt": "tensorrt", "openvino": "openvino", "onnxruntime": "onnx"}
 
 
 def runner_class(backend: str):
     if backend not in BACKENDS:
         raise NSRError(f"unknown backend {backend!r} (choose from auto, {', '.join(BACKENDS)})")
-    module, cls, _ = BACKENDS[backend]
+    spec = BACKENDS[backend]
     try:
-        return getattr(importlib.import_module(module), cls)
+        return getattr(importlib.import_module(spec.runner_module), spec.runner_class)
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith("nsr_deploy"):
             raise BackendUnavailable(f"backend {backend!r} is not part of this nsr-deploy build") from None
@@ -105,7 +96,7 @@ def load(path, backend: str = "auto", threads: int | None = None, tiling: str = 
             else:
                 built = ", ".join(targets) or "nothing"
                 raise BackendUnavailable(f"{p}: no runtime here for what it holds ({built})")
-        if backend == "torch":
+        if backend == REFERENCE_BACKEND:
             raise NSRError("the torch backend runs checkpoints, not export folders")
         target = TARGET_OF_BACKEND[backend]
         if target not in targets:
@@ -116,11 +107,10 @@ def load(path, backend: str = "auto", threads: int | None = None, tiling: str = 
             kwargs["tile_batch"] = tile_batch  # dynamic engines are reshaped to the tile batch at load
         runner = runner_class(backend)(str(file), threads, **kwargs)
         return Engine(runner, manifest_config(manifest), tiling, tile_batch, manifest)
-    suffix_backend = {s: b for b, (_, _, s) in BACKENDS.items() if s}
-    if p.suffix in suffix_backend:
+    if p.suffix in BACKEND_OF_SUFFIX:
         if not p.exists():
             raise NSRError(f"{p}: no such file")
-        want = suffix_backend[p.suffix]
+        want = BACKEND_OF_SUFFIX[p.suffix]
         if backend not in ("auto", want):
             raise NSRError(f"{p.name} is a {want} engine; backend {backend!r} cannot run it")
         manifest = _manifest_of_file(p)
@@ -129,9 +119,9 @@ def load(path, backend: str = "auto", threads: int | None = None, tiling: str = 
         runner = runner_class(want)(str(p), threads)
         return Engine(runner, manifest_config(manifest), tiling, tile_batch, manifest)
     # anything else: a checkpoint or bundled model, run by the PyTorch reference
-    if backend not in ("auto", "torch"):
+    if backend not in ("auto", REFERENCE_BACKEND):
         raise NSRError(f"{p}: a checkpoint runs on the torch backend only (export it for {backend})")
-    cls = runner_class("torch")
+    cls = runner_class(REFERENCE_BACKEND)
     runner = cls(str(path), threads, image_mean=image_mean, patch_size=patch_size)
     return Engine(runner, runner.config, tiling, tile_batch, {})
 
