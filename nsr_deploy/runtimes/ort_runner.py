@@ -87,9 +87,12 @@ class OrtRunner(Runner):
         self._check_nchwc_block()
 
     def _activate_specialised(self, batch: int | None) -> None:
-        from nsr_deploy.runtimes.ort_specialise import specialise
+        import functools
 
-        main = specialise(self.path, batch or self.DEFAULT_BATCH, self.threads)
+        from nsr_deploy.runtimes.ort_specialise import session, specialise
+
+        portable = functools.cache(lambda: session(self.path, self.threads))  # built once, only on a cache miss
+        main = specialise(self.path, batch or self.DEFAULT_BATCH, self.threads, portable)
         self.specialisation = main.as_dict()
         if main.why and main.quiet:
             self.session = self._session(self.path)
@@ -101,7 +104,7 @@ class OrtRunner(Runner):
             return
         self.session = self._session(main.path)
         if main.batch > 1:
-            single = specialise(self.path, 1, self.threads)
+            single = specialise(self.path, 1, self.threads, portable)
             if single.why is None:
                 self.single = self._session(single.path)
 

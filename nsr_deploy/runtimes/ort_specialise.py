@@ -29,6 +29,7 @@ import numpy as np
 MAX_ABS = 1e-5
 CHECK_SEED = 20
 CACHE_ENV = "NSR_DEPLOY_CACHE"
+CHECK_SIZE = 32  # side of the check patches: any size pools as one patch; small keeps the first load short
 
 
 @dataclass
@@ -117,7 +118,8 @@ def contract_of(model) -> dict:
 
 def specialise(path: str, batch: int, threads: int | None = None, portable_session=None) -> Specialised:
     """The blocked twin of the portable model at ``path`` for ``batch`` patches, from the cache or built
-    and checked now; ``why`` says why not (then the caller runs the portable model)."""
+    and checked now; ``why`` says why not (then the caller runs the portable model). ``portable_session``:
+    a callable giving an ONNX Runtime session of the portable model, to share one between calls."""
     try:
         import onnx
         import onnxruntime as ort
@@ -146,7 +148,8 @@ def specialise(path: str, batch: int, threads: int | None = None, portable_sessi
         return Specialised(block=block, batch=batch, why=f"cannot rewrite it: {str(e).splitlines()[0][:200]}")
     blocked_bytes = blocked.SerializeToString()
     try:
-        max_abs = verify(blocked_bytes, portable_session or session(path, threads), threads, blocked)
+        reference = portable_session() if portable_session else session(path, threads)
+        max_abs = verify(blocked_bytes, reference, threads, blocked)
     except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types
         return Specialised(block=block, batch=batch, why=f"ONNX Runtime cannot run the blocked form "
                                                           f"({str(e).splitlines()[0][:200]})")
@@ -186,7 +189,7 @@ def verify(blocked_bytes: bytes, portable_session, threads: int | None, blocked)
     contract = contract_of(blocked)
     cfg = contract["model"]["config"]
     batch = contract["io"]["static_batch"]
-    x, valid = check_patches(cfg["channels"], batch, contract["semantics"]["patch_size"])
+    x, valid = check_patches(cfg["channels"], batch, CHECK_SIZE)
     want = run_any_batch(portable_session, x, valid)
     got = session(blocked_bytes, threads).run(["y"], {"x": x, "valid": valid})[0]
     return float(np.max(np.abs(got - want)))
