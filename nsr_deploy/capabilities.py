@@ -33,6 +33,8 @@ FORM_CHOICES = (*EXPORT_FORMS, AUTO_FORM, TUNE_FORM)
 # specialises to NCHWc at load; a dense model has no per-patch conv (every form is one graph): dynamic batch
 AUTO_SPARSE_FORM = "grouped"
 AUTO_DENSE_FORM = "matmul"
+# forms whose mixing MatMul carries the stacked kernels ONNX Runtime's runner reads back to specialise at load
+SPECIALISABLE_FORMS = ("grouped", "matmul")
 AT_LOAD_FORM = "nchwc-at-load"  # bench only: the portable grouped file as the ONNX Runtime runner specialises it
 BENCH_FORMS = (*ONNX_FORMS, AT_LOAD_FORM)
 STATIC_BATCH_FORMS = ("grouped", "nchwc")  # the patch batch is fixed in the graph

@@ -188,49 +188,17 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
 @user_errors
 def restore(inputs, model, output, backend, tiling, threads, tile_batch, suffix, as_json, ray_address, workers):
     """Restore (upscale / denoise / deblock) images with an exported engine."""
-    from tqdm import tqdm
-
     from nsr_deploy.assets import DEFAULT_MODEL
-    from nsr_deploy.runtimes import load
-    from nsr_deploy.runtimes.restore_files import plan_jobs, restore_file
+    from nsr_deploy.cli_restore import restore_command
+    from nsr_deploy.runtimes.restore_files import plan_jobs
 
     if suffix and not suffix.startswith("."):
         suffix = "." + suffix
     jobs = plan_jobs(list(inputs), output, suffix)
     if workers and ray_address is None:
         raise NSRError("--workers needs --ray")
-    if ray_address is not None:
-        from nsr_deploy.runtimes.ray_restore import restore_command
-
-        sys.exit(restore_command(jobs, model or DEFAULT_MODEL, backend, threads, tiling, tile_batch, workers,
-                                 ray_address, as_json))
-    engine = load(model or DEFAULT_MODEL, backend=backend, threads=threads, tiling=tiling, tile_batch=tile_batch)
-    outcomes = []
-    with engine:
-        bar = tqdm(jobs, desc="restore", unit="img", disable=as_json or not sys.stderr.isatty())
-        for job in bar:
-            bar.set_postfix_str(job.source.name)
-            res = restore_file(engine, job)
-            outcomes.append(res)
-            if as_json:
-                continue
-            if res.ok:
-                bar.write(f"{res.input} -> {res.output}  {res.size_in[0]}x{res.size_in[1]} -> "
-                          f"{res.size_out[0]}x{res.size_out[1]}  {res.seconds:.2f}s")
-            else:
-                bar.write(f"error: {res.error}", file=sys.stderr)
-            for warning in res.warnings:
-                bar.write(f"warning: {res.input}: {warning}", file=sys.stderr)
-        runner = engine.runner.describe()
-    failed = [o for o in outcomes if not o.ok]
-    if as_json:
-        click.echo(json.dumps({"backend": runner["backend"], "precision": runner["precision"], "tiling": tiling,
-                               "threads": threads, "images": [o.as_dict() for o in outcomes],
-                               "failed": len(failed)}, indent=2))
-    elif len(outcomes) > 1:
-        click.echo(f"{len(outcomes) - len(failed)} restored, {len(failed)} failed ({runner['backend']}, {tiling})")
-    if failed:
-        sys.exit(1)
+    sys.exit(restore_command(jobs, model or DEFAULT_MODEL, backend, threads, tiling, tile_batch, as_json,
+                             ray_address, workers))
 
 
 @main.command()

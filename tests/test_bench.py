@@ -12,12 +12,13 @@ from conftest import decisive_net
 from nsr_deploy.bench import BenchSettings, LayerProtocol, ModelProtocol, ParityProtocol, run_bench
 from nsr_deploy.bench import paper as paper_numbers
 from nsr_deploy.bench.engines import EngineFactory
-from nsr_deploy.bench.images import as_chw, sample_images
 from nsr_deploy.bench.layer import configurations, parameters
-from nsr_deploy.bench.parity import FP32_MAX_ABS, float_parity, task_drop_parity
+from nsr_deploy.checks.gates import float_parity, task_drop_parity
+from nsr_deploy.checks.samples import as_chw, sample_images
+from nsr_deploy.checks.task import Task
+from nsr_deploy.checks.verdicts import FP32_MAX_ABS
 from nsr_deploy.cli import main
 from nsr_deploy.config import NSRConfig
-from nsr_deploy.exporters.task_quality import Task
 from nsr_deploy.models.checkpoint import load_model, save_native
 from nsr_deploy.models.network import NSRNet
 from nsr_deploy.runtimes import backend_unavailable
@@ -323,7 +324,7 @@ class DriftingMachine:
 def test_interleaved_timing_keeps_ratios_on_a_drifting_machine(monkeypatch):
     import types
 
-    from nsr_deploy.bench import timing
+    from nsr_deploy import timing
 
     work = {"baseline": 1.0, "sparse": 0.4}
     fake = DriftingMachine(work, drift_per_call=0.02)

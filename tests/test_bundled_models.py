@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import DATA, data_image
 from nsr_deploy.assets import ASSETS, DEFAULT_MODEL, bundled_names
-from nsr_deploy.bench.metrics import psnr
+from nsr_deploy.checks.metrics import psnr
 from nsr_deploy.degrade import add_noise, bicubic_down, bicubic_up, modcrop, to_grey
 from nsr_deploy.exporters.pipeline import ExportOptions, export
 from nsr_deploy.models import load_model, reference_forward

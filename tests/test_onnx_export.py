@@ -11,7 +11,8 @@ from onnx import numpy_helper
 
 from conftest import decisive_net
 from nsr_deploy.config import NSRConfig
-from nsr_deploy.exporters import onnx as onnx_exporter
+from nsr_deploy.exporters import onnx_graph
+from nsr_deploy.exporters.pipeline import export_onnx
 from nsr_deploy.models.checkpoint import LoadedModel, save_reference_checkpoint
 from nsr_deploy.models.network import NSRNet
 from nsr_deploy.runtimes.ort_runner import OrtRunner
@@ -64,7 +65,7 @@ def test_every_form_reproduces_the_reference(tmp_path, form, cfg):
         pytest.skip("this machine's ONNX Runtime has no NCHWc kernels")
     loaded = make_loaded(cfg)
     batch = 3
-    model = onnx_exporter.build_onnx(loaded, form, batch if form in ("grouped", "nchwc") else None)
+    model = onnx_graph.build_onnx(loaded, form, batch if form in ("grouped", "nchwc") else None)
     path = tmp_path / "m.onnx"
     path.write_bytes(model.SerializeToString())
     size = 20
@@ -102,7 +103,7 @@ def test_only_the_per_patch_conv_has_runtime_weights_and_mixing_is_matmul(form):
     cfg = CONFIGS[0]
     if form == "nchwc" and not nchwc_ok(cfg):
         pytest.skip("this machine's ONNX Runtime has no NCHWc kernels")
-    model = onnx_exporter.build_onnx(make_loaded(cfg), form, 4 if form in ("grouped", "nchwc") else None)
+    model = onnx_graph.build_onnx(make_loaded(cfg), form, 4 if form in ("grouped", "nchwc") else None)
     g = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     producers = _producers(g)
@@ -135,7 +136,7 @@ def test_dynamic_forms_take_any_batch_and_size(tmp_path):
     cfg = CONFIGS[1]
     loaded = make_loaded(cfg)
     path = tmp_path / "m.onnx"
-    path.write_bytes(onnx_exporter.build_onnx(loaded, "matmul", None).SerializeToString())
+    path.write_bytes(onnx_graph.build_onnx(loaded, "matmul", None).SerializeToString())
     with OrtRunner(str(path)) as runner:
         assert runner.static_batch is None
         for n, h, w in [(1, 7, 13), (5, 48, 48), (2, 1, 1)]:
@@ -147,8 +148,8 @@ def test_dynamic_forms_take_any_batch_and_size(tmp_path):
 
 def test_export_writes_manifest_and_is_byte_identical(tmp_path):
     loaded = make_loaded(CONFIGS[1])
-    m1 = onnx_exporter.export_onnx(loaded, tmp_path / "a", "grouped", 4, show_progress=False)
-    onnx_exporter.export_onnx(loaded, tmp_path / "b", "grouped", 4, show_progress=False)
+    m1 = export_onnx(loaded, tmp_path / "a", "grouped", 4, show_progress=False)
+    export_onnx(loaded, tmp_path / "b", "grouped", 4, show_progress=False)
     a, b = (tmp_path / "a" / "model.onnx").read_bytes(), (tmp_path / "b" / "model.onnx").read_bytes()
     assert a == b
     assert m1["io"]["static_batch"] == 4 and m1["conv_form"] == "grouped"
@@ -161,14 +162,14 @@ def test_export_writes_manifest_and_is_byte_identical(tmp_path):
 
 
 def test_failed_gate_leaves_nothing(tmp_path, monkeypatch):
-    import nsr_deploy.bench.parity as parity
+    import nsr_deploy.checks.verdicts as parity
 
     monkeypatch.setattr(parity, "FP32_MAX_ABS", 0.0)  # nothing passes a zero tolerance
     loaded = make_loaded(CONFIGS[1])
     from nsr_deploy.errors import NSRError
 
     with pytest.raises(NSRError, match="parity gate failed"):
-        onnx_exporter.export_onnx(loaded, tmp_path / "out", "matmul", None, show_progress=False)
+        export_onnx(loaded, tmp_path / "out", "matmul", None, show_progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -208,14 +209,14 @@ def test_cli_export_refuses_to_overwrite(tmp_path):
 
 def test_auto_decides_by_rule_and_ships_a_portable_model(tmp_path):
     sparse, dense = NCHWC_CONFIGS[0], CONFIGS[6]
-    m = onnx_exporter.export_onnx(make_loaded(sparse), tmp_path / "s", "auto", 4, show_progress=False)
+    m = export_onnx(make_loaded(sparse), tmp_path / "s", "auto", 4, show_progress=False)
     target = m["targets"]["onnx"]
     assert target["conv_form"] == "grouped" and "rule" in target["auto"] and "candidates" not in target["auto"]
     model = onnx.load(str(tmp_path / "s" / "model.onnx"))
     assert {o.domain for o in model.opset_import} == {""} and {n.domain for n in model.graph.node} <= {""}
     assert model.ir_version == 8 and target["ir_version"] == 8  # opset 17's IR: ONNX Runtime >= 1.13 reads it
     assert any("Node.js" in line for line in m["runs_on"]["onnx"])
-    m = onnx_exporter.export_onnx(make_loaded(dense), tmp_path / "d", "auto", 4, show_progress=False)
+    m = export_onnx(make_loaded(dense), tmp_path / "d", "auto", 4, show_progress=False)
     assert m["targets"]["onnx"]["conv_form"] == "matmul" and m["io"]["static_batch"] is None
 
 
@@ -223,13 +224,13 @@ def test_nchwc_is_not_an_export_form(tmp_path):
     from nsr_deploy.errors import NSRError
 
     with pytest.raises(NSRError, match="portable"):
-        onnx_exporter.export_onnx(make_loaded(NCHWC_CONFIGS[0]), tmp_path / "n", "nchwc", 4, show_progress=False)
+        export_onnx(make_loaded(NCHWC_CONFIGS[0]), tmp_path / "n", "nchwc", 4, show_progress=False)
     assert not (tmp_path / "n").exists()
 
 
 def test_tune_times_the_portable_forms_and_records_it(tmp_path):
     loaded = make_loaded(NCHWC_CONFIGS[0])
-    m = onnx_exporter.export_onnx(loaded, tmp_path / "tune", "tune", 4, show_progress=False)
+    m = export_onnx(loaded, tmp_path / "tune", "tune", 4, show_progress=False)
     target = m["targets"]["onnx"]
     report = target["tune"]["candidates"]
     assert set(report) == {"grouped", "matmul", "dense-mix"} and target["tune"]["machine_specific"]

@@ -24,14 +24,15 @@ import torch
 
 from conftest import DATA, data_image
 from nsr_deploy.assets import bundled_names
+from nsr_deploy.checks.gates import task_references
+from nsr_deploy.checks.task import read_images, task_of, to_chw
 from nsr_deploy.config import NSRConfig
 from nsr_deploy.degrade import bicubic_down, modcrop
 from nsr_deploy.errors import NSRError
 from nsr_deploy.exporters import openvino as ov_exporter
 from nsr_deploy.exporters.common import Stages
-from nsr_deploy.exporters.openvino_int8 import int8_gate, task_references
-from nsr_deploy.exporters.pipeline import ExportContext, ExportOptions, export
-from nsr_deploy.exporters.task_quality import read_images, task_of, to_chw
+from nsr_deploy.exporters.openvino_int8 import int8_gate
+from nsr_deploy.exporters.pipeline import ExportContext, ExportOptions, export, run_target
 from nsr_deploy.models.checkpoint import LoadedModel
 from nsr_deploy.models.network import NSRNet
 from nsr_deploy.runtimes.manifest import MANIFEST, read_manifest
@@ -91,7 +92,7 @@ def lower(loaded, onnx_folder: Path, out: Path, precision: str) -> dict:
     scratch.mkdir()
     ctx = ExportContext(loaded=loaded, folder=out, options=ExportOptions(precision=precision, show_progress=False),
                         stages=Stages([], False), scratch=scratch, manifest=manifest)
-    ov_exporter.build(ctx)
+    run_target(ov_exporter, ctx)
     (out / MANIFEST).write_text(json.dumps(ctx.manifest))
     return ctx.manifest
 
@@ -163,7 +164,7 @@ def test_fp32_ir_passes_its_gate_and_keeps_f32_weights(models, built, name):
                     if op.get_type_name() == "Constant" and op.get_output_element_type(0).is_real()}
     assert float_consts == {"f32"}  # not silently compressed to half
     with OvRunner(str(folder / "model.xml"), cache=False) as runner:  # the gate again, on a CSet5 photo
-        gate = ov_exporter.float_gate(models[name], runner, "fp32", [real_sample("CSet5", 1)])
+        gate = ov_exporter.float_gate(models[name], runner, "fp32", [real_sample("CSet5", 1)]).to_manifest()
     assert gate["passed"], gate
     assert {c["check"] for c in gate["checks"]} == {"random_patches", "real_image"}
 
@@ -200,7 +201,7 @@ def test_fp16_halves_weights_and_keeps_mixing_in_f32(models, built, name):
     assert gate["passed"] and all(c["max_abs"] <= 5e-3 for c in gate["checks"])
     with OvRunner(str(folder16 / "model.xml"), cache=False) as runner:
         assert runner.precision == "fp16"
-        gate = ov_exporter.float_gate(models[name], runner, "fp16", [real_sample("CSet14", 0)])
+        gate = ov_exporter.float_gate(models[name], runner, "fp16", [real_sample("CSet14", 0)]).to_manifest()
     image = next(c for c in gate["checks"] if c["check"] == "real_image")
     assert gate["passed"] and image["max_abs"] <= 5e-3 and (image["psnr"] is None or image["psnr"] >= 45)
 
@@ -229,8 +230,8 @@ def test_int8_reports_its_layers_and_passes_the_task_gate_on_cset5(models, built
     with OvRunner(str(folder / "model.xml"), cache=False) as runner:
         assert runner.precision == "int8"
         task = task_of(models[name])
-        references = task_references(models[name], read_images(DATA / "CSet5", cfg.channels), task)
-        gate = int8_gate(cfg, runner, references, task, "CSet5")
+        references = task_references(models[name].net, read_images(DATA / "CSet5", cfg.channels), task)
+        gate = int8_gate(cfg, runner, references, task, "CSet5").to_manifest()
     check = gate["checks"][0]
     assert gate["passed"] and check["drop_db"] <= 0.3, check["detail"]
     assert check["fp32_psnr"] > 28  # a real upsampler, so the drop means something
@@ -254,7 +255,7 @@ def test_bad_options_fail_before_any_work(models, tmp_path):
 
 
 def test_failed_gate_leaves_no_output(models, tmp_path, monkeypatch):
-    import nsr_deploy.bench.parity as parity
+    import nsr_deploy.checks.verdicts as parity
 
     monkeypatch.setattr(parity, "FP16_MAX_ABS", 0.0)  # the ONNX gate (fp32) still passes; ours cannot
     with pytest.raises(NSRError, match="parity gate failed: OpenVINO fp16"):
@@ -380,9 +381,9 @@ def test_bundled_model_int8_task_drop(tmp_path, name, dataset, count, crop):
     images = read_images(DATA / dataset, loaded.config.channels, count)
     if crop:
         images = [(n, im[(im.shape[0] - crop) // 2:][:crop, (im.shape[1] - crop) // 2:][:, :crop]) for n, im in images]
-    references = task_references(loaded, images, task)
+    references = task_references(loaded.net, images, task)
     with OvRunner(str(tmp_path / "out" / "model.xml"), cache=False) as runner:
-        gate = int8_gate(loaded.config, runner, references, task, dataset)
+        gate = int8_gate(loaded.config, runner, references, task, dataset).to_manifest()
     check = gate["checks"][0]
     print(check["detail"], "| export attempts:", report["attempts"])
     assert gate["passed"] and check["drop_db"] <= 0.3, check["detail"]

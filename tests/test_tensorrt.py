@@ -15,10 +15,13 @@ import torch
 from click.testing import CliRunner
 
 from conftest import data_image, decisive_net
+from nsr_deploy.checks.gates import float_gate
+from nsr_deploy.checks.results import GateResult
+from nsr_deploy.checks.verdicts import judge_fp16_gate
 from nsr_deploy.cli import main
 from nsr_deploy.config import NSRConfig
 from nsr_deploy.errors import BackendUnavailable, NSRError
-from nsr_deploy.exporters import onnx as onnx_exporter
+from nsr_deploy.exporters import onnx_graph
 from nsr_deploy.exporters import tensorrt as trt_target
 from nsr_deploy.exporters import tensorrt_support as support
 from nsr_deploy.exporters.pipeline import ExportOptions, export
@@ -43,7 +46,7 @@ def _loaded(cfg: NSRConfig, seed: int = 0) -> LoadedModel:
 
 def _graphs(cfg: NSRConfig, forms=PORTABLE) -> dict:
     loaded = _loaded(cfg)
-    return {f: onnx_exporter.build_onnx(loaded, f, BATCH if f == "grouped" else None) for f in forms}
+    return {f: onnx_graph.build_onnx(loaded, f, BATCH if f == "grouped" else None) for f in forms}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,7 @@ def test_ort_only_nchwc_form_is_refused_with_the_nodes_named():
 
     if unsupported_reason(TINY, mlas_block_size()):
         pytest.skip("this machine's ONNX Runtime has no NCHWc kernels for the tiny model")
-    model = onnx_exporter.build_onnx(_loaded(TINY), "nchwc", BATCH)
+    model = onnx_graph.build_onnx(_loaded(TINY), "nchwc", BATCH)
     bad = support.unsupported_nodes(model)
     assert bad and all(f.op.startswith("com.microsoft") for f in bad)
     with pytest.raises(NSRError, match=r"node\(s\) TensorRT cannot parse: .*com\.microsoft") as e:
@@ -220,12 +223,18 @@ def _gate(psnrs):
     return {"tolerance_max_abs": 0.1, "passed": True, "checks": checks}
 
 
+def _judge_fp16(gate: dict) -> GateResult:
+    """TensorRT's fp16 verdict: the shared fp16 judge at TensorRT's PSNR floor, on every check."""
+    return judge_fp16_gate(GateResult.from_manifest(gate), trt_target.FP16_MIN_PSNR)
+
+
 def test_fp16_is_judged_on_psnr_against_the_fp32_reference():
-    assert trt_target.judge_fp16(_gate([45.0, None]))["passed"]  # None: identical outputs
-    failed = trt_target.judge_fp16(_gate([45.0, 39.9]))
+    assert _judge_fp16(_gate([45.0, None])).to_manifest()["passed"]  # None: identical outputs
+    judged = _judge_fp16(_gate([45.0, 39.9]))
+    failed = judged.to_manifest()
     assert not failed["passed"] and [c["passed"] for c in failed["checks"]] == [True, False]
     assert failed["min_psnr"] == 40.0 and "PSNR vs fp32 reference 39.9 dB" in failed["checks"][1]["detail"]
-    message = trt_target.gate_failure(failed, "fp16")
+    message = judged.failure_line("TensorRT fp16")
     assert message == ("parity gate failed: TensorRT fp16 vs PyTorch reference: max abs 0.01 (limit 0.1), "
                        "PSNR 39.9 dB (at least 40) on c1; nothing written")
 
@@ -237,10 +246,10 @@ def test_engine_gate_has_the_onnx_gate_shape(tmp_path):
 
     loaded = _loaded(TINY)
     path = tmp_path / "m.onnx"
-    path.write_bytes(onnx_exporter.build_onnx(loaded, "matmul", None).SerializeToString())
+    path.write_bytes(onnx_graph.build_onnx(loaded, "matmul", None).SerializeToString())
     with OrtRunner(str(path), threads=1) as runner:
-        reference = onnx_exporter.parity_gate(loaded, runner, 1e-4)
-        gate = trt_target.engine_gate(loaded, runner, "fp16")
+        reference = float_gate(loaded.net, runner, 1e-4).to_manifest()
+        gate = trt_target.engine_gate(loaded, runner, "fp16").to_manifest()
     assert gate["passed"] and set(gate) == set(reference) | {"min_psnr"}
     assert [c["check"] for c in gate["checks"]] == [c["check"] for c in reference["checks"]]
     assert all(c["min_psnr"] == 40.0 and c["tolerance"] == 0.1 for c in gate["checks"])
@@ -358,7 +367,7 @@ def test_engine_builds_passes_parity_and_restores_like_the_reference(tmp_path, f
 
 @needs_trt
 def test_fp16_engine_keeps_routing_fp32_and_meets_psnr(tmp_path):
-    from nsr_deploy.bench.parity import psnr_float
+    from nsr_deploy.checks.compare import psnr_float
     from nsr_deploy.models.reference import reference_forward
 
     loaded = _loaded(TINY)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from nsr_deploy.assets import bundled_path
-from nsr_deploy.bench.parity import psnr_float, random_patches
+from nsr_deploy.checks.compare import psnr_float, random_patches
 from nsr_deploy.config import NSRConfig
 from nsr_deploy.errors import NSRError
 from nsr_deploy.models.checkpoint import LoadedModel, load_model
@@ -97,8 +97,8 @@ def tensorrt_checks(name, loaded, x, valid):
 def fallback_checks(name, loaded, x, valid):
     import onnxruntime as ort
 
-    from nsr_deploy.bench.parity import patch_parity
-    from nsr_deploy.exporters import onnx as onnx_exporter
+    from nsr_deploy.checks.compare import patch_parity
+    from nsr_deploy.exporters import onnx_graph as onnx_exporter
     from nsr_deploy.exporters.tensorrt_support import preferred_conv_form, support_summary
     from nsr_deploy.runtimes.ort_runner import OrtRunner
 

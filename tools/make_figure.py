@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nsr_deploy.bench.metrics import psnr  # noqa: E402
+from nsr_deploy.checks.metrics import psnr  # noqa: E402
 from nsr_deploy.degrade import add_noise, bicubic_down, bicubic_up, modcrop, to_grey  # noqa: E402
 from nsr_deploy.exporters.pipeline import ExportOptions, export  # noqa: E402
 from nsr_deploy.models.checkpoint import load_model  # noqa: E402

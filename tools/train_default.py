@@ -28,7 +28,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nsr_deploy.bench.metrics import psnr  # noqa: E402
+from nsr_deploy.checks.metrics import psnr  # noqa: E402
 from nsr_deploy.config import NSRConfig  # noqa: E402
 from nsr_deploy.degrade import add_noise, bicubic_down, bicubic_up, jpeg, modcrop, to_grey  # noqa: E402
 from nsr_deploy.models.checkpoint import save_native  # noqa: E402

@@ -24,7 +24,7 @@ from nsr_deploy.bench.machine import load_average, machine_facts, sgemm_rate
 from nsr_deploy.bench.report import FORMAT, BenchReport
 from nsr_deploy.bench.settings import BenchSettings
 from nsr_deploy.bench.summary import headline, headline_table
-from nsr_deploy.bench.timing import torch_threads
+from nsr_deploy.timing import torch_threads
 
 MODEL_SUITES = ("parity", "model", "quality", "ray")
 

@@ -1,10 +1,10 @@
 """The engines a bench run times and checks, built once each into a scratch folder.
 
-The bench builds its engines with the exporters' own building blocks (``build_onnx`` for ONNX
-Runtime, ``openvino.convert`` / ``save`` for OpenVINO fp32 / fp16) but *without* their parity gates:
-a gate that fails would stop an export, while the bench must report the failure as a row. int8 is
-the exception: its calibration lives in the export pipeline, so it goes through ``export`` (gate
-included); a failed gate is reported as the row's failure.
+The bench builds its engines through the export targets' own build step
+(:func:`~nsr_deploy.exporters.pipeline.build_ungated`) but *without* their parity gates: a gate that
+fails would stop an export, while the bench must report the failure as a row. int8 is the exception:
+its build searches with its task gate, so it goes through ``export`` (gate included); a failed gate is
+reported as the row's failure.
 
 The dense twin (same shapes, ``k = d = 1``) has random weights: it exists to be timed.
 """
@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nsr_deploy.capabilities import AT_LOAD_FORM, TIMING_TWIN_FORM
+from nsr_deploy.capabilities import AT_LOAD_FORM, REFERENCE_BACKEND, TARGET_OF_BACKEND, TIMING_TWIN_FORM
 from nsr_deploy.errors import NSRError
 
 TWIN_FORM = TIMING_TWIN_FORM
-AT_LOAD_SOURCE = "grouped"  # the file nchwc-at-load specialises
+AT_LOAD_SOURCE = "grouped"  # the shipped file that nchwc-at-load specialises
 TWIN_SEED = 1234
 
 
@@ -70,7 +70,7 @@ class EngineFactory:
         self.opset = opset
         self.build_seconds: dict[str, float] = {}
         self._twin = None
-        self._files: dict[tuple, Path] = {}
+        self._files: dict[tuple, object] = {}  # engine files and ONNX artifacts, built once
 
     @property
     def twin(self):
@@ -82,30 +82,44 @@ class EngineFactory:
         return self.twin if spec.twin else self.loaded
 
     # -- building ---------------------------------------------------------------------------
-    def _built(self, key: tuple, build) -> Path:
+    def _built(self, key: tuple, build):
         if key not in self._files:
             t0 = time.perf_counter()
             self._files[key] = build()
             self.build_seconds["/".join(str(k) for k in key)] = round(time.perf_counter() - t0, 3)
         return self._files[key]
 
-    def _batch_for(self, form: str) -> int | None:
-        from nsr_deploy.exporters.onnx import STATIC_FORMS
+    def _options(self, form: str, precision: str = "fp32"):
+        from nsr_deploy.exporters.pipeline import ExportOptions
 
-        return self.patch_batch if form in STATIC_FORMS else None
+        return ExportOptions(conv_form=form, patch_batch=self.patch_batch, opset=self.opset, precision=precision,
+                             threads=self.threads, show_progress=False)
 
-    def onnx_path(self, form: str, twin: bool = False) -> Path:
-        form = TWIN_FORM if twin else AT_LOAD_SOURCE if form == AT_LOAD_FORM else form
+    def _onnx(self, form: str, twin: bool):
+        """The ONNX target's artifact for ``form`` (built once, ungated)."""
+        form = TWIN_FORM if twin else form
 
-        def build() -> Path:
-            from nsr_deploy.exporters.onnx import build_onnx
+        def build():
+            from nsr_deploy.exporters.pipeline import build_ungated
 
-            model = build_onnx(self.twin if twin else self.loaded, form, self._batch_for(form), self.opset)
-            path = self.scratch / f"{'twin' if twin else 'model'}-{form}.onnx"
-            path.write_bytes(model.SerializeToString())
-            return path
+            folder = self.scratch / f"{'twin' if twin else 'model'}-{form}"
+            return build_ungated(self.twin if twin else self.loaded, folder, "onnx", self._options(form))
 
         return self._built(("onnx", form, twin), build)
+
+    def onnx_path(self, form: str, twin: bool = False) -> Path:
+        if form == AT_LOAD_FORM:
+            form = AT_LOAD_SOURCE
+        if form == "nchwc" and not twin:  # no export form any more: built from torch for comparison
+            return self._built(("onnx", form, twin), self._nchwc)
+        return self._onnx(form, twin).path
+
+    def _nchwc(self) -> Path:
+        from nsr_deploy.exporters.onnx_graph import build_onnx
+
+        path = self.scratch / "model-nchwc.onnx"
+        path.write_bytes(build_onnx(self.loaded, "nchwc", self.patch_batch, self.opset).SerializeToString())
+        return path
 
     def ir_path(self, form: str, precision: str, twin: bool = False) -> Path:
         form = TWIN_FORM if twin else form
@@ -113,49 +127,39 @@ class EngineFactory:
             return self._built(("openvino", form, precision, twin), lambda: self._int8_ir(form, twin))
 
         def build() -> Path:
-            from nsr_deploy.exporters.common import base_manifest
-            from nsr_deploy.exporters.onnx import dynamic_axes
-            from nsr_deploy.exporters.openvino import convert, save
+            from nsr_deploy.exporters.pipeline import build_ungated
 
-            loaded = self.twin if twin else self.loaded
-            model = convert(self.onnx_path(form, twin))
-            contract = base_manifest(loaded, form, self._batch_for(form), dynamic_axes(form))
-            path = self.scratch / f"{'twin' if twin else 'model'}-{form}-{precision}.xml"
-            save(model, path, precision, contract)
-            return path
+            folder = self.scratch / f"{'twin' if twin else 'model'}-{form}-{precision}"
+            return build_ungated(self.twin if twin else self.loaded, folder, "openvino",
+                                 self._options(form, precision), (self._onnx(form, twin),)).path
 
         return self._built(("openvino", form, precision, twin), build)
 
     def _int8_ir(self, form: str, twin: bool) -> Path:
         """int8 through the export pipeline (NNCF calibration on the bundled samples, gate included)."""
-        from nsr_deploy.exporters.pipeline import ExportOptions, export
+        from nsr_deploy.exporters.pipeline import export
 
         folder = self.scratch / f"{'twin' if twin else 'model'}-{form}-int8"
-        opts = ExportOptions(conv_form=form, patch_batch=self.patch_batch, opset=self.opset, precision="int8",
-                             threads=self.threads, show_progress=False)
-        export(self.twin if twin else self.loaded, folder, "openvino", opts)
+        export(self.twin if twin else self.loaded, folder, "openvino", self._options(form, "int8"))
         return folder / "model.xml"
 
     # -- running ----------------------------------------------------------------------------
     def runner(self, spec: EngineSpec):
         """A fresh (inactive) runner for ``spec``. Raises NSRError when the engine cannot be built."""
-        if spec.backend == "torch":
-            from nsr_deploy.runtimes.torch_runner import TorchRunner
+        from nsr_deploy.runtimes import runner_class
 
+        cls = runner_class(spec.backend)
+        if spec.backend == REFERENCE_BACKEND:
             model = self.model_of(spec)
-            return TorchRunner(model.source, self.threads, net=model.net)
-        if spec.backend == "onnxruntime":
-            from nsr_deploy.runtimes.ort_runner import OrtRunner
-
-            if spec.precision != "fp32":
-                raise NSRError(f"ONNX Runtime engines are fp32 here, not {spec.precision}")
-            # every other form is timed as built; only nchwc-at-load gets the runner's specialisation
-            return OrtRunner(str(self.onnx_path(spec.form, spec.twin)), self.threads,
-                             specialise=spec.form == AT_LOAD_FORM and not spec.twin)
-        if spec.backend == "openvino":
-            from nsr_deploy.runtimes.ov_runner import OvRunner
-
-            return OvRunner(str(self.ir_path(spec.form, spec.precision, spec.twin)), self.threads, cache=False)
+            return cls(model.source, self.threads, net=model.net)
+        target = TARGET_OF_BACKEND.get(spec.backend)
+        if target == "onnx" and spec.precision != "fp32":
+            raise NSRError(f"ONNX Runtime engines are fp32 here, not {spec.precision}")
+        if target == "onnx":  # every form timed as built; only nchwc-at-load gets the runner's specialisation
+            return cls(str(self.onnx_path(spec.form, spec.twin)), self.threads,
+                       specialise=spec.form == AT_LOAD_FORM and not spec.twin)
+        if target == "openvino":
+            return cls(str(self.ir_path(spec.form, spec.precision, spec.twin)), self.threads, cache=False)
         raise NSRError(f"the bench cannot build {spec.backend} engines")
 
 

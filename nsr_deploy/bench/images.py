@@ -1,6 +1,5 @@
-"""Images the bench measures on: the bundled sample photos (parity, the model suite's input) and the
-benchmark sets under the data folder (quality). Real photos, because the sparsity routing (patch
-pooling -> MLP -> softmax) only gets exercised by real image statistics.
+"""Images the bench measures on: the bundled sample photos (the model suite's input; see
+:mod:`nsr_deploy.checks.samples`) and the benchmark sets under the data folder (quality).
 """
 
 from __future__ import annotations
@@ -9,29 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nsr_deploy.errors import NSRError
-
-
-def sample_folder() -> Path:
-    from nsr_deploy.assets import sample_paths
-
-    paths = sample_paths()
-    if not paths:
-        raise NSRError("this installation has no bundled sample photos (nsr_deploy/assets/samples)")
-    return paths[0].parent
-
-
-def sample_images(channels: int, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
-    """``(name, uint8 image)`` of the bundled samples, grey (Pillow luma) for 1-channel models."""
-    from nsr_deploy.exporters.task_quality import read_images
-
-    return read_images(sample_folder(), channels, limit)
-
-
-def as_chw(images: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
-    from nsr_deploy.exporters.task_quality import to_chw
-
-    return [(name, to_chw(img)) for name, img in images]
+from nsr_deploy.checks.samples import as_chw, sample_images
 
 
 def bench_input(channels: int, height: int, width: int) -> np.ndarray:
@@ -46,6 +23,6 @@ def bench_input(channels: int, height: int, width: int) -> np.ndarray:
 
 
 def dataset_images(data_dir: Path, name: str, channels: int, limit: int | None) -> list[tuple[str, np.ndarray]]:
-    from nsr_deploy.exporters.task_quality import read_images
+    from nsr_deploy.checks.task import read_images
 
     return read_images(Path(data_dir) / name, channels, limit)

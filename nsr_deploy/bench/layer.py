@@ -19,7 +19,7 @@ run exported single-layer graphs (:mod:`.layer_graphs`), every sparse conv form 
 against a plain ``Conv`` graph. Figures are the mean of the timed runs (the paper's statistic), in
 ms per call of the whole batch; each side's ratio to its own baseline is what compares with the
 paper. A backend's configurations are all opened first and then timed together, their runs interleaved
-in rounds (:func:`~nsr_deploy.bench.timing.measure_interleaved`), so that the machine's drift does not
+in rounds (:func:`~nsr_deploy.timing.measure_interleaved`), so that the machine's drift does not
 fall between a configuration and its baseline. Each exported graph's output is checked against the
 reference layer (first two patches).
 """
@@ -37,9 +37,9 @@ from nsr_deploy.bench.context import BenchContext, Job
 from nsr_deploy.bench.layer_graphs import LAYER_FORMS, export_layer, export_nchwc_layer, layer_runner
 from nsr_deploy.bench.settings import LayerProtocol
 from nsr_deploy.bench.table import Table, fmt
-from nsr_deploy.bench.timing import measure_rows
 from nsr_deploy.capabilities import LAYER_BACKENDS
 from nsr_deploy.errors import NSRError
+from nsr_deploy.timing import measure_rows
 
 PROTOCOLS = ("baseline", "fixed size", "fixed FLOPs")
 CHECKED_PATCHES = 2

@@ -11,8 +11,6 @@ call changed to that single input.
 from __future__ import annotations
 
 import functools
-import io
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +36,9 @@ def export_nchwc_layer(conv, batch: int, path: Path, opset: int = 17) -> Path:
 
 def export_layer(module, x, path: Path, opset: int = 17) -> Path:
     """Trace ``module`` on ``x`` (static shapes) to ``path`` as a simplified ONNX model."""
-    import onnx
-    import onnxsim
-    import torch
+    from nsr_deploy.exporters.onnx_graph import trace_simplified
 
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=opset, input_names=["x"],
-                          output_names=["y"], do_constant_folding=True)
-    model, ok = onnxsim.simplify(onnx.load_from_string(buf.getvalue()))
-    if not ok:
-        raise NSRError("onnxsim could not validate a single-layer graph")
+    model = trace_simplified(module, (x,), ["x"], opset, what="a single-layer graph")
     path.write_bytes(model.SerializeToString())
     return path
 

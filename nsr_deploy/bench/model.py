@@ -10,7 +10,7 @@ exported backend), plus the dense twin (same shapes, k = d = 1, random weights) 
 * **patch batch**: 16 patches of the model's patch size (48x48) straight through the runner: the
   performance issue's protocol, where the sparse model and its twin do exactly the same work, so
   "within 1.10x of the dense twin in the same runtime" and "vs PyTorch eager" are read here. Every
-  engine is opened first and their runs are then interleaved (:func:`~nsr_deploy.bench.timing.measure_interleaved`).
+  engine is opened first and their runs are then interleaved (:func:`~nsr_deploy.timing.measure_interleaved`).
 
 Figures: median and p90 after warm-up; megapixels/s of input; effective GFLOP/s = the model's FLOPs
 per pixel (``NSRConfig.flops_per_pixel``: one mixed kernel per sparse conv, routing and mixing
@@ -27,11 +27,11 @@ import numpy as np
 from nsr_deploy.bench.context import BenchContext, Job
 from nsr_deploy.bench.engines import EngineSpec, engine_specs
 from nsr_deploy.bench.images import bench_input
-from nsr_deploy.bench.parity import random_patches
 from nsr_deploy.bench.table import Table, fmt
-from nsr_deploy.bench.timing import Timing, measure, measure_rows
 from nsr_deploy.capabilities import TWIN_BACKENDS
+from nsr_deploy.checks.compare import random_patches
 from nsr_deploy.errors import NSRError
+from nsr_deploy.timing import Timing, measure, measure_rows
 
 REFERENCE_PATH = "reference path (torch eager)"
 

@@ -3,7 +3,7 @@
 Float engines (fp32 everywhere, fp16 in OpenVINO) are checked on random patches, on the tiles host
 tiling cuts from a real photo (engine and reference on the *same* tiles) and on whole real photos
 (host tiling against the reference's own whole-image evaluation), with the documented tolerances of
-:mod:`nsr_deploy.bench.parity`: max abs 1e-4 for fp32; 5e-3 and at least 45 dB for fp16. int8 is
+:mod:`nsr_deploy.checks.verdicts`: max abs 1e-4 for fp32; 5e-3 and at least 45 dB for fp16. int8 is
 judged on the task, as its export gate is: PSNR against ground truth may drop at most 0.3 dB from the
 fp32 reference on the same degraded photos (computed here, independently of the exporter's gate).
 
@@ -17,15 +17,10 @@ import time
 
 from nsr_deploy.bench.context import BenchContext, Job
 from nsr_deploy.bench.engines import EngineSpec, engine_specs
-from nsr_deploy.bench.images import as_chw, sample_images
-from nsr_deploy.bench.parity import (
-    FP16_MIN_PSNR,
-    INT8_MAX_TASK_DROP_DB,
-    float_parity,
-    task_drop_parity,
-    tolerance_of,
-)
 from nsr_deploy.bench.table import Table, fmt
+from nsr_deploy.checks.gates import float_parity, task_drop_parity
+from nsr_deploy.checks.samples import as_chw, sample_images
+from nsr_deploy.checks.verdicts import FP16_MIN_PSNR, INT8_MAX_TASK_DROP_DB, tolerance_of
 from nsr_deploy.errors import NSRError
 
 
@@ -52,12 +47,12 @@ def summarise(spec: EngineSpec, checks: list[dict], threads: int) -> dict:
 def check_engine(loaded, runner, precision: str, images: list[tuple]) -> list[dict]:
     """The checks of one engine as dicts: the float checks, or int8's task-PSNR drop."""
     if precision == "int8":
-        from nsr_deploy.exporters.task_quality import task_of
+        from nsr_deploy.checks.task import task_of
         from nsr_deploy.runtimes.engine import Engine
 
-        result, figures = task_drop_parity(loaded.net, Engine(runner, loaded.config), images, task_of(loaded))
-        return [{**result.as_dict(), **figures}]
-    return [r.as_dict() for r in float_parity(loaded.net, runner, precision, as_chw(images))]
+        result, _ = task_drop_parity(loaded.net, Engine(runner, loaded.config), images, task_of(loaded))
+        return [result.to_report()]
+    return [r.to_report() for r in float_parity(loaded.net, runner, precision, as_chw(images))]
 
 
 class ParitySuite:

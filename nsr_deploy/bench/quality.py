@@ -5,7 +5,7 @@ on the Y channel with ``scale`` border pixels shaved), denoising on BSD68 at sig
 (additive Gaussian noise, unclipped, the DnCNN protocol) and JPEG deblocking on BSD68 at quality 10 /
 20 / 30 / 40, grey, nothing shaved. Outputs are rounded to 8 bits before scoring. Degradations are
 :mod:`nsr_deploy.degrade`'s, the ones the bundled models were trained with (through
-``exporters.task_quality.degrade``, shared with the int8 gate), with a fixed noise seed.
+``checks.task.degrade``, shared with the int8 gate), with a fixed noise seed.
 
 Methods: the classic baseline (bicubic upscaling, or the degraded input itself), the PyTorch
 reference (the trainer's whole-image evaluation) and one fp32 engine per backend (the first conv
@@ -34,7 +34,7 @@ def to_uint8(chw: np.ndarray) -> np.ndarray:
 
 def score(restored: np.ndarray, ground_truth: np.ndarray, task) -> tuple[float, float]:
     """(PSNR, SSIM) of a uint8 result against ground truth, with the paper's conventions for ``task``."""
-    from nsr_deploy.bench.metrics import psnr, ssim
+    from nsr_deploy.checks.metrics import psnr, ssim
 
     sr = task.kind == "sr"
     shave = task.scale if sr else 0
@@ -54,7 +54,7 @@ class QualitySuite:
     name = "quality"
 
     def __init__(self, ctx: BenchContext):
-        from nsr_deploy.exporters.task_quality import task_of
+        from nsr_deploy.checks.task import task_of
 
         self.ctx = ctx
         self.q = ctx.settings.quality
@@ -70,7 +70,7 @@ class QualitySuite:
         self._inputs: dict[tuple, list] = {}
 
     def tasks(self) -> list:
-        from nsr_deploy.exporters.task_quality import Task
+        from nsr_deploy.checks.task import Task
 
         t = self.task
         if t.kind == "sr":
@@ -112,7 +112,7 @@ class QualitySuite:
     def inputs(self, dataset: str, limit: int | None, task) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """(name, degraded float CHW input, uint8 ground truth), made once per dataset and level."""
         from nsr_deploy.bench.images import dataset_images
-        from nsr_deploy.exporters.task_quality import degrade
+        from nsr_deploy.checks.task import degrade
 
         key = (dataset, _level(task))
         if key not in self._inputs:

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from nsr_deploy.bench import paper
 from nsr_deploy.bench.table import Table, fmt
-
-EXPORTED = ("onnxruntime", "openvino", "tensorrt")
+from nsr_deploy.capabilities import EXPORTED_BACKENDS as EXPORTED
 
 
 def _best(rows: list[dict], key: str = "median_ms") -> dict | None:

@@ -18,7 +18,7 @@ renamed only on success):
           tail / skip convs float. The manifest lists which layers run int8 and why the others don't.
           Ground truth: clean images (the bundled samples) degraded as the model's task says: the
           bundled metadata's task (sr / noise / jpeg), else bicubic SR when scale > 1 and Gaussian
-          noise, sigma 25, at scale 1 (:mod:`~nsr_deploy.exporters.task_quality`).
+          noise, sigma 25, at scale 1 (:mod:`~nsr_deploy.checks.task`).
 
 Shapes follow the ONNX model: the ``grouped`` form has a static patch batch (``Conv.group`` is an
 attribute), the other forms are dynamic in batch and size; the runner fixes them at load time on
@@ -30,16 +30,23 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
+from nsr_deploy.capabilities import PRECISIONS_OF_TARGET
+from nsr_deploy.checks import verdicts
+from nsr_deploy.checks.gates import float_gate as float_gate_of
+from nsr_deploy.checks.results import GateResult
+from nsr_deploy.checks.samples import sample_folder
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.exporters.common import sha256_bytes
+from nsr_deploy.exporters.target import Artifact
 
 NAME = "openvino"
 STAGES = ["openvino-convert", "openvino-compress", "openvino-parity"]
 MODEL_FILE = "model.xml"
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = PRECISIONS_OF_TARGET["openvino"]
 WEIGHTS_STORED = {"fp32": "f32", "fp16": "f16", "int8": "i8 for the quantized convs, f32 for the rest"}
 MUST_RUN_F32 = ("softmax", "kernel_mixing")
 RUNTIME_PRECISION_NOTE = ("per op role, the runtimePrecision the CPU plugin's runtime graph reports; on ops with "
@@ -61,7 +68,7 @@ def validate_options(options) -> None:
     if options.precision == "int8":
         _require_nncf()
         if options.calib:
-            from nsr_deploy.exporters.task_quality import image_paths
+            from nsr_deploy.checks.task import image_paths
 
             image_paths(options.calib)  # a folder with images in it, or a one-line error now
     elif options.calib:
@@ -124,33 +131,12 @@ def static_batch_of(model) -> int | None:
 
 
 # -- gates -----------------------------------------------------------------------------------
-def float_gate(loaded, runner, precision: str, samples=None) -> dict:
-    """fp32 / fp16 parity against the PyTorch reference (random patches + a real image)."""
-    from nsr_deploy.bench import parity
-    from nsr_deploy.exporters.onnx import parity_gate
-
-    tolerance = parity.FP32_MAX_ABS if precision == "fp32" else parity.FP16_MAX_ABS
-    gate = parity_gate(loaded, runner, tolerance, samples)
-    if precision == "fp16":
-        gate["min_psnr"] = parity.FP16_MIN_PSNR
-        for check in gate["checks"]:
-            if check["check"] != "real_image":
-                continue
-            psnr = check["psnr"]  # None: identical to the reference
-            enough = psnr is None or psnr >= parity.FP16_MIN_PSNR
-            check["min_psnr"] = parity.FP16_MIN_PSNR
-            check["passed"] = bool(check["passed"] and enough)
-            check["detail"] += f"; PSNR vs fp32 reference {psnr} dB (>= {parity.FP16_MIN_PSNR:g})"
-        gate["passed"] = all(c["passed"] for c in gate["checks"])
-    return gate
-
-
-def _raise_float_gate(gate: dict, precision: str) -> None:
-    failed = [c for c in gate["checks"] if not c["passed"]]
-    worst = max(failed, key=lambda c: c["max_abs"])
-    extra = f", PSNR {worst['psnr']} dB < {worst['min_psnr']:g}" if "min_psnr" in worst else ""
-    raise NSRError(f"parity gate failed: OpenVINO {precision} vs PyTorch reference max abs diff "
-                   f"{worst['max_abs']:.3g} (limit {worst['tolerance']:g}{extra}; {worst['check']}); nothing written")
+def float_gate(loaded, runner, precision: str, samples=None) -> GateResult:
+    """fp32 / fp16 parity against the PyTorch reference (random patches + a real image); fp16 is also
+    held to a PSNR floor against the fp32 reference on the real image."""
+    sample = samples[0] if samples else None
+    gate = float_gate_of(loaded.net, runner, verdicts.tolerance_of(precision), sample)
+    return verdicts.judge_fp16_gate(gate, verdicts.FP16_MIN_PSNR, on=("real_image",)) if precision == "fp16" else gate
 
 
 def check_execution(runner, ops, precision: str) -> dict[str, list[str]]:
@@ -166,8 +152,9 @@ def check_execution(runner, ops, precision: str) -> dict[str, list[str]]:
 
 
 # -- the pipeline step -----------------------------------------------------------------------
-def build(ctx) -> None:
-    """Pipeline step: ``model.xml`` + ``model.bin`` into ``ctx.folder``, gated; extends the manifest."""
+def build(ctx) -> Artifact:
+    """Pipeline step: ``model.xml`` + ``model.bin`` into ``ctx.folder``. int8's build searches with its
+    task gate (a retry with the last layers float); the gate step then returns the kept attempt's."""
     import openvino as ov
 
     from nsr_deploy.exporters.openvino_graph import classify
@@ -179,20 +166,33 @@ def build(ctx) -> None:
         contract = contract_of(ctx.manifest, ctx.onnx_path)
         model = convert(ctx.onnx_path)
         ops = classify(model)
+    state, entry = ops, {}
     if precision == "int8":
-        gate, entry = _build_int8(ctx, model, ops, path, contract)
+        state, entry = _build_int8(ctx, model, ops, path, contract)
     else:
         with ctx.stages.stage("openvino-compress"):
             save(model, path, precision, contract)
-        with ctx.stages.stage("openvino-parity"):
-            gate, entry = _gate_float(ctx, ops, path, precision)
-    ctx.manifest["targets"]["openvino"] = {**_target_entry(path, precision, contract, static_batch_of(model)),
-                                           **entry}
-    ctx.manifest["tools"]["openvino"] = metadata.version("openvino")
-    ctx.manifest["tools"]["openvino_build"] = ov.get_version()
+    tools = {"openvino": metadata.version("openvino"), "openvino_build": ov.get_version()}
     if precision == "int8":
-        ctx.manifest["tools"]["nncf"] = metadata.version("nncf")
-    ctx.manifest["parity"][f"openvino/{precision}"] = gate
+        tools["nncf"] = metadata.version("nncf")
+    return Artifact(NAME, path, f"OpenVINO {precision}", f"openvino/{precision}",
+                    {**_target_entry(path, precision, contract, static_batch_of(model)), **entry}, tools, state=state)
+
+
+def gate(artifact: Artifact, ctx) -> GateResult:
+    """Pipeline step: fp32 / fp16 against the PyTorch reference, and the CPU plugin's execution precisions
+    checked (the softmax and kernel mixing must run f32); int8: the kept attempt's task gate."""
+    if isinstance(artifact.state, GateResult):
+        return artifact.state
+    precision = ctx.options.precision
+    with ctx.stages.stage("openvino-parity"), _runner(ctx, artifact.path) as runner:
+        result = float_gate(ctx.loaded, runner, precision)
+        if not result.passed:
+            return result
+        used = check_execution(runner, artifact.state, precision)
+        facts = {"runtime_precisions": used, "runtime_precisions_note": RUNTIME_PRECISION_NOTE,
+                 "compile_seconds": round(runner.load_seconds, 3)}
+    return replace(result, facts=facts)
 
 
 def _runner(ctx, path: Path):
@@ -202,21 +202,11 @@ def _runner(ctx, path: Path):
     return OvRunner(str(path), ctx.options.threads, cache=False)
 
 
-def _gate_float(ctx, ops, path: Path, precision: str) -> tuple[dict, dict]:
-    with _runner(ctx, path) as runner:
-        gate = float_gate(ctx.loaded, runner, precision)
-        if not gate["passed"]:
-            _raise_float_gate(gate, precision)
-        used = check_execution(runner, ops, precision)
-        return gate, {"runtime_precisions": used, "runtime_precisions_note": RUNTIME_PRECISION_NOTE,
-                      "compile_seconds": round(runner.load_seconds, 3)}
-
-
-def _build_int8(ctx, model, ops, path: Path, contract: dict) -> tuple[dict, dict]:
+def _build_int8(ctx, model, ops, path: Path, contract: dict) -> tuple[GateResult, dict]:
     """Calibrate, quantize, gate; on failure once more with the last layers float. The file left in
     ``path`` is the attempt that passed (a failure raises, and the pipeline discards the folder)."""
+    from nsr_deploy.checks.task import task_of
     from nsr_deploy.exporters import openvino_int8 as q
-    from nsr_deploy.exporters.task_quality import task_of
 
     cfg = ctx.loaded.config
     task = task_of(ctx.loaded)
@@ -229,18 +219,18 @@ def _build_int8(ctx, model, ops, path: Path, contract: dict) -> tuple[dict, dict
         for keep_last in ((), last_layers):
             attempt = _int8_attempt(ctx, model, ops, path, contract, batches, keep_last, (references, task, source))
             attempts.append(attempt)
-            if attempt["gate"]["passed"]:
+            if attempt["gate"].passed:
                 break
         else:
-            check = attempts[-1]["gate"]["checks"][0]
-            raise NSRError(f"int8 gate failed: task PSNR drop {check['drop_db']:.3f} dB > {check['tolerance']:g} dB "
-                           f"even with {' and '.join(last_layers)} kept float ({task.describe()}); nothing written "
+            check = attempts[-1]["gate"].checks[0]
+            raise NSRError(f"int8 gate failed: task PSNR drop {check.figures['drop_db']:.3f} dB > {check.tolerance:g} "
+                           f"dB even with {' and '.join(last_layers)} kept float ({task.describe()}); nothing written "
                            f"(try --precision fp16)")
     final = attempts[-1]
     report = q.layer_report(cfg, ops, final["keep"], final["weight_int8"], final["executed_int8"])
     report["other_quantized_ops"] = final["stray"]
-    history = [{"kept_float": list(a["kept_last"]) or None, **{k: a["gate"]["checks"][0][k] for k in
-                ("drop_db", "fp32_psnr", "int8_psnr")}, "passed": a["gate"]["passed"]} for a in attempts]
+    history = [{"kept_float": list(a["kept_last"]) or None, **{k: a["gate"].checks[0].figures[k] for k in
+                ("drop_db", "fp32_psnr", "int8_psnr")}, "passed": a["gate"].passed} for a in attempts]
     entry = {"compile_seconds": final["compile_seconds"], "runtime_precisions": final["runtime_precisions"],
              "runtime_precisions_note": RUNTIME_PRECISION_NOTE,
              "int8": {**report, "calibration": calibration, "attempts": history, "gate_images": source}}
@@ -249,11 +239,11 @@ def _build_int8(ctx, model, ops, path: Path, contract: dict) -> tuple[dict, dict
 
 def _calibration(ctx, task, batch: int) -> tuple[list[dict], dict]:
     """NNCF inputs from ``--calib`` (default: the bundled samples), and what the manifest says of them."""
+    from nsr_deploy.checks.task import read_images
     from nsr_deploy.exporters import openvino_int8 as q
-    from nsr_deploy.exporters.task_quality import read_images
 
     cfg = ctx.loaded.config
-    folder = Path(ctx.options.calib) if ctx.options.calib else q.default_image_folder()
+    folder = Path(ctx.options.calib) if ctx.options.calib else sample_folder()
     images = read_images(folder, cfg.channels, q.CALIB_MAX_IMAGES)
     count = math.ceil(q.CALIB_TILES / batch) * batch  # whole calls for a fixed-batch engine
     tiles = q.calibration_tiles(images, task, cfg.patch_size, count)
@@ -267,12 +257,12 @@ def _calibration(ctx, task, batch: int) -> tuple[list[dict], dict]:
 def _gate_references(ctx, task) -> tuple[list, str]:
     """The int8 gate's images, degraded and restored by the fp32 reference once for all attempts: an
     ``ExportOptions.gate_images`` folder when the pipeline offers one, else the bundled samples."""
-    from nsr_deploy.exporters import openvino_int8 as q
-    from nsr_deploy.exporters.task_quality import read_images
+    from nsr_deploy.checks.gates import task_references
+    from nsr_deploy.checks.task import read_images
 
     folder = getattr(ctx.options, "gate_images", None)
-    images = read_images(folder or q.default_image_folder(), ctx.loaded.config.channels)
-    return q.task_references(ctx.loaded, images, task), str(folder) if folder else "the bundled sample photos"
+    images = read_images(folder or sample_folder(), ctx.loaded.config.channels)
+    return task_references(ctx.loaded.net, images, task), str(folder) if folder else "the bundled sample photos"
 
 
 def _int8_attempt(ctx, model, ops, path: Path, contract: dict, batches, keep_last: tuple, gate_on) -> dict:

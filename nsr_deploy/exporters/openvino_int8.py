@@ -22,13 +22,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from nsr_deploy.checks.gates import TaskReference, task_drop_gate
+from nsr_deploy.checks.results import GateResult
+from nsr_deploy.checks.task import Task, degrade
 from nsr_deploy.exporters.openvino_graph import GraphOp
-from nsr_deploy.exporters.task_quality import Task, degrade, task_psnr
 
 CALIB_TILES = 128
 CALIB_BATCH = 16  # tiles per calibration call for dynamic-batch forms
@@ -180,61 +180,9 @@ def layer_report(cfg, ops: list[GraphOp], keep_float: dict[str, str], quantized_
 
 
 # -- the gate --------------------------------------------------------------------------------
-@dataclass
-class TaskReference:
-    """One gate image: degraded input, ground truth, and the fp32 reference's output and PSNR."""
-
-    name: str
-    x: np.ndarray
-    ground_truth: np.ndarray
-    fp32: np.ndarray
-    fp32_psnr: float
-
-
-def task_references(loaded, images: list[tuple[str, np.ndarray]], task: Task,
-                    seed: int = CALIB_SEED) -> list[TaskReference]:
-    """Degrade each clean uint8 image as the task says and restore it with the PyTorch reference
-    (whole-image semantics). Computed once, shared by every quantization attempt."""
-    import torch
-
-    from nsr_deploy.models.reference import reference_forward
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for name, clean in images:
-        x, gt = degrade(clean, task, rng)
-        fp32 = reference_forward(loaded.net, torch.from_numpy(x[None]))[0].numpy()
-        out.append(TaskReference(name, x, gt, fp32, task_psnr(fp32, gt, task)))
-    return out
-
-
-def int8_gate(config, runner, references: list[TaskReference], task: Task, source: str) -> dict:
+def int8_gate(config, runner, references: list[TaskReference], task: Task, source: str) -> GateResult:
     """Task PSNR against ground truth, the int8 engine against the fp32 reference, on the same
-    degraded images. Passes when the mean PSNR drop is within ``INT8_MAX_TASK_DROP_DB``."""
-    from nsr_deploy.bench import parity
+    degraded images (:func:`~nsr_deploy.checks.gates.task_drop_gate`)."""
     from nsr_deploy.runtimes.engine import Engine
 
-    tolerance = parity.INT8_MAX_TASK_DROP_DB
-    engine = Engine(runner, config)
-    rows, p8s, worst = [], [], 0.0
-    for ref in references:
-        int8 = engine.restore_chw(ref.x)
-        worst = max(worst, float(np.max(np.abs(int8 - ref.fp32))))
-        p8s.append(task_psnr(int8, ref.ground_truth, task))
-        rows.append({"image": ref.name, "fp32_psnr": round(ref.fp32_psnr, 3), "int8_psnr": round(p8s[-1], 3)})
-    p32, p8 = float(np.mean([r.fp32_psnr for r in references])), float(np.mean(p8s))
-    drop = p32 - p8
-    ok = drop <= tolerance
-    detail = (f"{task.describe()}; {len(rows)} images from {source}: fp32 {p32:.2f} dB, int8 {p8:.2f} dB, "
-              f"drop {drop:.3f} dB (<= {tolerance:g})")
-    check = parity.ParityResult("task_psnr_drop", worst, p8, tolerance, ok, detail).as_dict()
-    check.update({"drop_db": round(drop, 3), "fp32_psnr": round(p32, 3), "int8_psnr": round(p8, 3),
-                  "images": rows, "max_abs_vs": "fp32 reference output"})
-    return {"tolerance_drop_db": tolerance, "passed": ok, "task": task.as_dict(), "checks": [check]}
-
-
-def default_image_folder() -> Path:
-    """The bundled sample photos: calibration and gate images when the user gives none."""
-    from nsr_deploy.assets import sample_paths
-
-    return sample_paths()[0].parent
+    return task_drop_gate(Engine(runner, config), references, task, source)

@@ -1,11 +1,9 @@
 """One export run: the gated ONNX model first (every other target is lowered from it), then each
 requested target into the same folder, then the manifest. All of it lands atomically or not at all.
 
-A target module (``nsr_deploy.exporters.<name>``) provides::
-
-    NAME = "openvino"
-    def unavailable() -> str | None           # why it cannot be built here, or None
-    def build(ctx: ExportContext) -> None      # writes files into ctx.folder, fills ctx.manifest
+Each target is built, then gated (:mod:`.target` is the protocol); the pipeline puts the sections
+they return together and writes the manifest once. :func:`build_ungated` builds engines the same way
+without their gates, for the bench to measure.
 """
 
 from __future__ import annotations
@@ -16,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nsr_deploy.capabilities import ALL_TARGETS, PACKAGING_TARGETS, PORTABLE_FORM
+from nsr_deploy.checks.results import GateResult
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.exporters.common import Stages, atomic_output
+from nsr_deploy.exporters.target import Artifact
 from nsr_deploy.runtimes.manifest import MANIFEST, write_json
 
 TARGET_MODULES = {name: f"nsr_deploy.exporters.{name}" for name in ALL_TARGETS}
@@ -48,8 +48,27 @@ class ExportContext:
     stages: Stages
     scratch: Path  # working files that are not shipped (candidate models, portable copies)
     targets: list[str] = field(default_factory=list)  # every target this run builds
-    manifest: dict = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)  # what the targets recorded so far (read-only to them)
+    artifacts: dict = field(default_factory=dict)  # target -> Artifact, as recorded
     _portable: dict = field(default_factory=dict)
+
+    def record(self, artifact: Artifact, gate: GateResult | None = None) -> None:
+        """Merge a built (and gated) target's sections into the manifest."""
+        self.artifacts[artifact.target] = artifact
+        m = self.manifest
+        m.update(artifact.sections)
+        targets = m.setdefault("targets", {})
+        if artifact.entry is not None:
+            targets[artifact.target] = {**artifact.entry, **(gate.facts if gate else {})}
+        for target, file in artifact.moved.items():
+            targets[target]["file"] = file
+        m.setdefault("tools", {}).update(artifact.tools)
+        if gate is not None:
+            m.setdefault("parity", {})[artifact.parity_key] = gate.to_manifest()
+
+    def _file(self, info: dict) -> Path:
+        onnx = self.artifacts.get("onnx")  # may lie in another folder (the bench builds each engine apart)
+        return onnx.path if onnx is not None else self.folder / info["file"]
 
     @property
     def onnx_path(self) -> Path:
@@ -57,16 +76,16 @@ class ExportContext:
         portable, else (an ORT-only ``nchwc`` model.onnx) a portable twin built on first use."""
         info = self.manifest["targets"]["onnx"]
         if info.get("portable", True):
-            return self.folder / info["file"]
+            return self._file(info)
         return self.onnx_for(PORTABLE_FORM)
 
     def onnx_for(self, form: str) -> Path:
         """The ONNX model in conv form ``form`` (``model.onnx`` if it is that form; else built once)."""
         info = self.manifest["targets"]["onnx"]
         if info.get("conv_form") == form:
-            return self.folder / info["file"]
+            return self._file(info)
         if form not in self._portable:
-            from nsr_deploy.exporters.onnx import build_portable
+            from nsr_deploy.exporters.onnx_graph import build_portable
 
             self._portable[form] = build_portable(self.loaded, self.scratch, self.options.patch_batch,
                                                   self.options.opset, form)
@@ -109,6 +128,28 @@ def resolve_targets(target: str) -> tuple[list[str], dict[str, str]]:
     return chosen, skipped
 
 
+def run_target(module, ctx: ExportContext) -> Artifact:
+    """Build one target, gate it (a failed gate stops the export: nothing is written) and record it."""
+    artifact = module.build(ctx)
+    gate = module.gate(artifact, ctx)
+    if gate is not None and not gate.passed:
+        raise NSRError(gate.failure_line(artifact.engine))
+    ctx.record(artifact, gate)
+    return artifact
+
+
+def build_ungated(loaded, folder: Path, target: str, options: ExportOptions,
+                  built: tuple[Artifact, ...] = ()) -> Artifact:
+    """``target`` built into ``folder`` by its own build step, without its gate: for measuring (a gate
+    that fails would stop an export; the bench reports the failure as a row). ``built``: artifacts it
+    lowers from (the ONNX model), built the same way with the same options."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ctx = ExportContext(loaded, folder, options, Stages([], show=False), folder, [target])
+    for artifact in built:
+        ctx.record(artifact)
+    return target_module(target).build(ctx)
+
+
 def export(loaded, out: str | Path, target: str = "onnx", options: ExportOptions | None = None) -> dict:
     """Build ``target`` (or ``all``) into ``out``; returns the manifest written as ``nsr.json``."""
     options = options or ExportOptions()
@@ -122,7 +163,7 @@ def export(loaded, out: str | Path, target: str = "onnx", options: ExportOptions
         ctx = ExportContext(loaded, tmp, options, stages, Path(scratch), targets)
         try:
             for module in modules:
-                module.build(ctx)
+                run_target(module, ctx)
         finally:
             stages.close()
         if skipped:
@@ -133,3 +174,14 @@ def export(loaded, out: str | Path, target: str = "onnx", options: ExportOptions
         ctx.manifest["export_seconds"] = stages.timings
         write_json(tmp / MANIFEST, ctx.manifest)
     return ctx.manifest
+
+
+def export_onnx(loaded, out: str | Path, conv_form: str = "grouped", patch_batch: int | None = 16, opset: int = 17,
+                force: bool = False, threads: int | None = None, show_progress: bool = True) -> dict:
+    """Export, gate and write ``OUT/model.onnx`` + ``OUT/nsr.json``; returns the manifest."""
+    from nsr_deploy.exporters.onnx import check_options
+
+    check_options(conv_form, patch_batch, opset)
+    opts = ExportOptions(conv_form=conv_form, patch_batch=patch_batch, opset=opset, force=force, threads=threads,
+                         show_progress=show_progress)
+    return export(loaded, out, "onnx", opts)

@@ -27,16 +27,19 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from nsr_deploy.capabilities import AUTO_FORM, PRECISIONS_OF_TARGET
+from nsr_deploy.checks.results import GateResult
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.exporters.common import sha256_bytes
+from nsr_deploy.exporters.target import Artifact
 
 NAME = "tensorrt"
 STAGES = ["tensorrt-check", "tensorrt-build", "tensorrt-parity"]
 MODEL_FILE = "model.engine"
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = PRECISIONS_OF_TARGET["tensorrt"]
 MIB = 1 << 20
 
 # Parity gates (documented in the module docstring and README).
@@ -233,43 +236,22 @@ def build_engine(onnx_bytes: bytes, source: str, profiles, channels: int, precis
 
 
 # -- parity gates ---------------------------------------------------------------------------------------------
-def judge_fp16(gate: dict, min_psnr: float = FP16_MIN_PSNR) -> dict:
-    """fp16 passes on PSNR against the fp32 reference (>= ``min_psnr`` dB on every check), and on the
-    loose max-abs guard ``parity_gate`` already applied. ``psnr`` None means identical outputs."""
-    gate["min_psnr"] = min_psnr
-    for check in gate["checks"]:
-        psnr = check["psnr"]
-        enough = psnr is None or psnr >= min_psnr
-        check["min_psnr"] = min_psnr
-        check["passed"] = bool(check["passed"] and enough)
-        check["detail"] += f"; PSNR vs fp32 reference {psnr} dB (>= {min_psnr:g})"
-    gate["passed"] = all(c["passed"] for c in gate["checks"])
-    return gate
-
-
-def engine_gate(loaded, runner, precision: str) -> dict:
-    """The engine against the PyTorch reference, in the dict shape every target's gate uses."""
-    from nsr_deploy.exporters.onnx import parity_gate
+def engine_gate(loaded, runner, precision: str) -> GateResult:
+    """The engine against the PyTorch reference: fp32 within ``FP32_MAX_ABS``; fp16 on PSNR against the
+    fp32 reference (every check, >= ``FP16_MIN_PSNR``) behind a loose max-abs guard."""
+    from nsr_deploy.checks.gates import float_gate
+    from nsr_deploy.checks.verdicts import judge_fp16_gate
 
     if precision == "fp32":
-        return parity_gate(loaded, runner, FP32_MAX_ABS)
-    return judge_fp16(parity_gate(loaded, runner, FP16_MAX_ABS_GUARD))
+        return float_gate(loaded.net, runner, FP32_MAX_ABS)
+    return judge_fp16_gate(float_gate(loaded.net, runner, FP16_MAX_ABS_GUARD), FP16_MIN_PSNR)
 
 
-def gate_failure(gate: dict, precision: str) -> str:
-    """The one-line reason a gate failed."""
-    worst = max((c for c in gate["checks"] if not c["passed"]), key=lambda c: c["max_abs"])
-    limit = f"max abs {worst['max_abs']:.3g} (limit {worst['tolerance']:g})"
-    if "min_psnr" in worst:
-        limit += f", PSNR {worst['psnr']} dB (at least {worst['min_psnr']:g})"
-    return (f"parity gate failed: TensorRT {precision} vs PyTorch reference: {limit} on {worst['check']}; "
-            f"nothing written")
-
-
-# -- the pipeline step ------------------------------------------------------------------------------------------
-def build(ctx) -> None:
-    """Pipeline step: ``model.engine`` into ``ctx.folder``, gated; extends the manifest."""
+# -- the pipeline steps -----------------------------------------------------------------------------------------
+def build(ctx) -> Artifact:
+    """Pipeline step: ``model.engine`` into ``ctx.folder``; the engine's build facts for the manifest."""
     import onnx
+    import tensorrt as trt
 
     from nsr_deploy.exporters.tensorrt_profiles import profile_plan
     from nsr_deploy.exporters.tensorrt_support import routing_nodes, support_summary
@@ -280,7 +262,7 @@ def build(ctx) -> None:
     if why:
         raise BackendUnavailable(f"cannot build target 'tensorrt' here: {why}")
     ranking = None
-    if options.conv_form == "auto":  # TensorRT's own choice, by documented support and FLOPs
+    if options.conv_form == AUTO_FORM:  # TensorRT's own choice, by documented support and FLOPs
         from nsr_deploy.exporters.tensorrt_support import preferred_conv_form_for
 
         form, ranking = preferred_conv_form_for(ctx.loaded, options.patch_batch, options.opset)
@@ -298,40 +280,46 @@ def build(ctx) -> None:
                              options.workspace_mib, options.timing_cache, routing)
         path = ctx.folder / MODEL_FILE
         path.write_bytes(built.engine)
-    with ctx.stages.stage("tensorrt-parity"):
-        gate, runtime = _run_gate(ctx, path, options.precision)
-    entry = target_entry(built, profiles, cfg.channels, options, static, conv_form_of(model), runtime)
+    entry = target_entry(built, profiles, cfg.channels, options, static, conv_form_of(model))
     entry["operator_support"] = support_summary(model)
     if ranking is not None:
         entry["auto"] = ranking
     entry["onnx_source"] = "model.onnx" if onnx_path.parent == ctx.folder else \
         f"an ONNX twin of model.onnx in the {entry['conv_form']} form (not shipped)"
-    ctx.manifest["targets"]["tensorrt"] = entry
-    ctx.manifest["tools"]["tensorrt"] = runtime["tensorrt"]
-    ctx.manifest["parity"][f"tensorrt/{options.precision}"] = gate
+    return Artifact(NAME, path, f"TensorRT {options.precision}", f"tensorrt/{options.precision}", entry,
+                    {"tensorrt": trt.__version__})
 
 
-def _run_gate(ctx, path: Path, precision: str) -> tuple[dict, dict]:
+def gate(artifact: Artifact, ctx) -> GateResult:
+    """Pipeline step: the engine through ``TrtRunner`` against the PyTorch reference; where it runs (GPU,
+    compute capability, memory) as the gate's facts."""
     import tensorrt as trt
 
     from nsr_deploy.runtimes.trt_runner import TrtRunner
 
-    with TrtRunner(str(path), ctx.options.threads) as runner:
-        gate = engine_gate(ctx.loaded, runner, precision)
-        if not gate["passed"]:
-            raise NSRError(gate_failure(gate, precision))
+    with ctx.stages.stage("tensorrt-parity"), TrtRunner(str(artifact.path), ctx.options.threads) as runner:
+        result = engine_gate(ctx.loaded, runner, ctx.options.precision)
         info = runner.device_info
         engine = runner.engine
         memory = getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size
-        runtime = {"tensorrt": trt.__version__, "gpu": info.name, "compute_capability": info.compute_capability,
-                   "cuda_provider": runner.device.provider, "device_memory_bytes": int(memory),
-                   "load_seconds": round(runner.load_seconds, 3)}
-    return gate, runtime
+        facts = runtime_entry(trt.__version__, info.name, info.compute_capability, runner.device.provider,
+                              int(memory), runner.load_seconds)
+    return replace(result, facts=facts)
 
 
-def target_entry(built: EngineBuild, profiles, channels: int, options, static: int | None, form: str | None,
-                 runtime: dict) -> dict:
-    """The manifest's ``targets.tensorrt``: the file, where it runs, how it was built."""
+def runtime_entry(version: str, gpu: str, capability: str, provider: str, memory_bytes: int,
+                  load_seconds: float) -> dict:
+    """The manifest's ``targets.tensorrt`` facts that only running the engine shows: where it runs."""
+    return {"tensorrt": version, "gpu": gpu, "compute_capability": capability,
+            "portability": (f"runs only with TensorRT {version} on a GPU of compute capability {capability} "
+                            f"(built on {gpu}); elsewhere, re-export"),
+            "device_memory_mib": round(memory_bytes / MIB, 1), "cuda_provider": provider,
+            "load_seconds": round(load_seconds, 3)}
+
+
+def target_entry(built: EngineBuild, profiles, channels: int, options, static: int | None, form: str | None
+                 ) -> dict:
+    """The manifest's ``targets.tensorrt``: the file and how it was built (where it runs: :func:`gate`)."""
     tiles = profiles[0]
     entry = {
         "file": MODEL_FILE,
@@ -339,11 +327,6 @@ def target_entry(built: EngineBuild, profiles, channels: int, options, static: i
         "bytes": len(built.engine),
         "precision": options.precision,
         "runtime": "tensorrt",
-        "tensorrt": runtime["tensorrt"],
-        "gpu": runtime["gpu"],
-        "compute_capability": runtime["compute_capability"],
-        "portability": (f"runs only with TensorRT {runtime['tensorrt']} on a GPU of compute capability "
-                        f"{runtime['compute_capability']} (built on {runtime['gpu']}); elsewhere, re-export"),
         "conv_form": form,
         "static_batch": static,
         "batch_profile": tiles.batch.as_list(),
@@ -352,9 +335,6 @@ def target_entry(built: EngineBuild, profiles, channels: int, options, static: i
         "workspace_mib": options.workspace_mib,
         "timing_cache": built.timing_cache,
         "build_seconds": round(built.seconds, 3),
-        "device_memory_mib": round(runtime["device_memory_bytes"] / MIB, 1),
-        "cuda_provider": runtime["cuda_provider"],
-        "load_seconds": runtime["load_seconds"],
     }
     if options.precision == "fp16":
         entry["fp32_layers"] = {"count": len(built.fp32_layers), "why": "sparsity routing (patch pooling, MLP, "

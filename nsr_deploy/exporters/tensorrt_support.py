@@ -397,7 +397,7 @@ def preferred_conv_form(graphs: Mapping[str, object], groups: int,
 def preferred_conv_form_for(loaded, patch_batch: int | None, opset: int,
                             version: tuple[int, int] = DEFAULT_TRT_VERSION) -> tuple[str, list[dict]]:
     """Export every portable conv form of ``loaded`` and pick TensorRT's best (for ``--conv-form auto``)."""
-    from nsr_deploy.exporters.onnx import DEFAULT_PATCH_BATCH, STATIC_FORMS, build_onnx
+    from nsr_deploy.exporters.onnx_graph import DEFAULT_PATCH_BATCH, STATIC_FORMS, build_onnx
 
     cfg = loaded.config
     batch = patch_batch or DEFAULT_PATCH_BATCH

@@ -28,11 +28,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from nsr_deploy.checks.results import GateResult
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.exporters.common import tool_versions
+from nsr_deploy.exporters.target import Artifact
 from nsr_deploy.runtimes.manifest import MANIFEST, write_json
 
 NAME = "triton"
@@ -43,6 +45,8 @@ DYNAMIC_MAX_BATCH = 64  # patches per batched execution for dynamic-batch engine
 QUEUE_DELAY_US = 500  # how long the dynamic batcher may hold a request to fill a batch
 
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
+PORTABLE_ENGINE = "ONNX Runtime fp32 (the portable model served by Triton)"
+PORTABLE_PARITY_KEY = "triton-onnxruntime/fp32"
 
 
 @dataclass(frozen=True)
@@ -216,29 +220,29 @@ def move_engine(folder: Path, entry: dict, serving: Serving, version_dir: Path) 
     shutil.move(str(source), str(target))
 
 
-def portable_onnx(ctx, version_dir: Path, serving: Serving) -> dict:
+def portable_onnx(ctx, version_dir: Path, serving: Serving) -> tuple[dict, GateResult]:
     """An ORT-only model.onnx (internal ops tied to this CPU's vector width) cannot be trusted on a
-    server's CPU: serve the portable twin the other targets are lowered from, parity-gated here.
-    The ORT-only file stays where it was for local use. Returns the served model's target entry."""
+    server's CPU: serve the portable twin the other targets are lowered from, parity-gated here (before
+    the model folders' manifests, which record it). The ORT-only file stays where it was for local use.
+    Returns the served model's target entry and its gate."""
     import onnx
 
-    from nsr_deploy.bench.parity import FP32_MAX_ABS
+    from nsr_deploy.checks import verdicts
+    from nsr_deploy.checks.gates import float_gate
     from nsr_deploy.exporters.common import sha256_bytes
-    from nsr_deploy.exporters.onnx import parity_gate
     from nsr_deploy.runtimes.ort_runner import OrtRunner
 
     version_dir.mkdir(parents=True)
     served = version_dir / serving.file_name
     shutil.copyfile(ctx.onnx_path, served)
     with OrtRunner(str(served), ctx.options.threads) as runner:
-        parity = parity_gate(ctx.loaded, runner, FP32_MAX_ABS)
-    if not parity["passed"]:
-        raise NSRError("parity gate failed for the portable ONNX model served by Triton; nothing written")
-    ctx.manifest.setdefault("parity", {})["triton-onnxruntime/fp32"] = parity
+        parity = float_gate(ctx.loaded.net, runner, verdicts.FP32_MAX_ABS)
+    if not parity.passed:
+        raise NSRError(parity.failure_line(PORTABLE_ENGINE))
     contract = {p.key: p.value for p in onnx.load(str(served), load_external_data=False).metadata_props}
     return {"sha256": sha256_bytes(served.read_bytes()), "precision": "fp32", "runtime": "onnxruntime",
             "conv_form": json.loads(contract.get("nsr_manifest", "{}")).get("conv_form"), "portable": True,
-            "note": "portable twin of the ORT-only model.onnx at the repository root"}
+            "note": "portable twin of the ORT-only model.onnx at the repository root"}, parity
 
 
 def engine_static_batch(target: str, path: Path, claimed: int | None) -> int | None:
@@ -258,27 +262,42 @@ def engine_static_batch(target: str, path: Path, claimed: int | None) -> int | N
     return claimed
 
 
-def model_manifest(manifest: dict, target: str, served: dict, static_batch: int | None, triton_entry: dict) -> dict:
-    """The manifest one model folder carries: only its engine, its file relative to the folder."""
+def model_manifest(manifest: dict, target: str, served: dict, static_batch: int | None, triton_entry: dict,
+                   parity: dict | None = None) -> dict:
+    """The manifest one model folder carries: only its engine, its file relative to the folder.
+    ``parity``: gates run while laying out (the portable ONNX twin's), added to the export's."""
     doc = {k: v for k, v in manifest.items() if k not in ("targets", "skipped_targets")}
+    if parity:
+        doc["parity"] = {**manifest.get("parity", {}), **parity}
     doc["io"] = {**manifest["io"], "static_batch": static_batch}
     doc["targets"] = {target: served}
     doc["triton"] = triton_entry
     return doc
 
 
-def layout_model(ctx, target: str, base: str) -> dict:
-    """One engine -> ``REPO/<name>/{config.pbtxt, nsr.json, 1/<file>}``; returns its triton entry."""
+@dataclass
+class Layout:
+    """What laying out the engines did: the triton entries, the engines' new root paths, and the gate
+    of a portable ONNX twin served in place of an ORT-only model.onnx."""
+
+    models: dict = field(default_factory=dict)
+    moved: dict = field(default_factory=dict)
+    portable_gate: GateResult | None = None
+
+
+def layout_model(ctx, target: str, base: str, layout: Layout) -> None:
+    """One engine -> ``REPO/<name>/{config.pbtxt, nsr.json, 1/<file>}``; its triton entry into ``layout``."""
     serving = SERVINGS[target]
     entry = ctx.manifest["targets"][target]
     name = model_name(base, target)
     model_dir = ctx.folder / name
     relative = f"{VERSION}/{serving.file_name}"
     if target == "onnx" and not entry.get("portable", True):
-        served = {**portable_onnx(ctx, model_dir / VERSION, serving), "file": relative}
+        served, layout.portable_gate = portable_onnx(ctx, model_dir / VERSION, serving)
+        served["file"] = relative
     else:
         move_engine(ctx.folder, entry, serving, model_dir / VERSION)
-        entry["file"] = f"{name}/{relative}"  # the root manifest follows the engine into the repository
+        layout.moved[target] = f"{name}/{relative}"  # the root manifest follows the engine into the repository
         served = {**entry, "file": relative}
     claimed = served.get("static_batch", ctx.manifest["io"].get("static_batch"))
     static_batch = engine_static_batch(target, model_dir / relative, claimed)
@@ -290,23 +309,32 @@ def layout_model(ctx, target: str, base: str) -> dict:
     triton_entry = {"model": name, "platform": serving.platform, "backend": serving.backend,
                     "max_batch_size": max_batch, "instance_kind": serving.instance_kind, "static_batch": static_batch,
                     "profiles": len(entry.get("profiles", [])) or None}
-    write_json(model_dir / MANIFEST, model_manifest(ctx.manifest, target, served, static_batch, triton_entry))
-    return triton_entry
+    gated = {PORTABLE_PARITY_KEY: layout.portable_gate.to_manifest()} if layout.portable_gate else None
+    write_json(model_dir / MANIFEST, model_manifest(ctx.manifest, target, served, static_batch, triton_entry, gated))
+    layout.models[target] = triton_entry
 
 
-def build(ctx) -> None:
+def build(ctx) -> Artifact:
     """Pipeline step: re-lay every engine built so far as a Triton model; write the client example."""
     why = unavailable()
     if why:
         raise BackendUnavailable(why)
     with ctx.stages.stage("triton"):
         base = ctx.manifest["model"]["name"] or "nsr"
-        models = {}
+        layout = Layout()
         for target in [t for t in SERVINGS if t in ctx.manifest["targets"]]:
-            models[target] = layout_model(ctx, target, base)
-        (ctx.folder / CLIENT_EXAMPLE).write_text(client_example(models))
-        ctx.manifest["triton"] = {"version": VERSION, "models": models, "client_example": CLIENT_EXAMPLE,
-                                  "validated_with": tool_versions("tritonclient", "protobuf")}
+            layout_model(ctx, target, base, layout)
+        (ctx.folder / CLIENT_EXAMPLE).write_text(client_example(layout.models))
+    section = {"version": VERSION, "models": layout.models, "client_example": CLIENT_EXAMPLE,
+               "validated_with": tool_versions("tritonclient", "protobuf")}
+    return Artifact(NAME, None, PORTABLE_ENGINE, PORTABLE_PARITY_KEY, None, sections={"triton": section},
+                    moved=layout.moved, state=layout.portable_gate)
+
+
+def gate(artifact: Artifact, ctx) -> GateResult | None:
+    """Pipeline step: the served portable ONNX twin's gate, run while laying out (None: no twin served;
+    the engines themselves were gated by their own targets)."""
+    return artifact.state
 
 
 # -- the client example ------------------------------------------------------------------------

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from nsr_deploy.capabilities import SPECIALISABLE_FORMS
 from nsr_deploy.config import SKIP_KERNEL, NSRConfig
 from nsr_deploy.runtimes.nchwc_graph import NetWeights, SparseConv, StaticConv
 
-READABLE_FORMS = ("grouped", "matmul")
+READABLE_FORMS = SPECIALISABLE_FORMS
 
 
 class PortableGraphError(Exception):

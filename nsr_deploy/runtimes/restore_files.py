@@ -8,6 +8,7 @@ skipped, and the rest go on.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,10 @@ class Outcome:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def as_report(self) -> dict:
+        """The dict the restore loops report: :meth:`as_dict` and a ``status`` (restored / failed)."""
+        return {**self.as_dict(), "status": "restored" if self.ok else "failed"}
 
 
 def plan_jobs(inputs: list[str], output: str, suffix: str | None = None) -> list[Job]:
@@ -83,3 +88,13 @@ def restore_file(engine, job: Job) -> Outcome:
     h, w = img.pixels.shape[:2]
     return Outcome(str(job.source), str(job.target), True, round(time.perf_counter() - t0, 4), [w, h],
                    [restored.shape[1], restored.shape[0]], engine.last_stats.get("compute_ratio"), warnings)
+
+
+def restore_jobs(engine, jobs: list[Job], on_outcome: Callable[[dict], None] | None = None) -> list[dict]:
+    """Restore every job with ``engine``, in order; ``on_outcome`` sees each report as it is done."""
+    reports = []
+    for job in jobs:
+        reports.append(restore_file(engine, job).as_report())
+        if on_outcome:
+            on_outcome(reports[-1])
+    return reports

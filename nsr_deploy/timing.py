@@ -1,5 +1,6 @@
 """Wall-clock timing: warm-up calls, then timed runs, summarised; one configuration, or several
-against each other (:func:`measure_interleaved`).
+against each other (:func:`measure_interleaved`). The bench's suites and ``--conv-form auto`` time
+with it.
 
 The paper reports the *mean* of 100 runs (Section 4.2, Figure 5); latency figures elsewhere in the
 bench use the median and p90, which resist the noise of a shared machine. Every summary keeps all

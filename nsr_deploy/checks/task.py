@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from nsr_deploy.checks.metrics import psnr
 from nsr_deploy.errors import NSRError
+from nsr_deploy.runtimes.images import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 ASSUMED_SIGMA = 25.0
 DEFAULT_JPEG_QUALITY = 10
 TASKS = ("sr", "noise", "jpeg")
@@ -108,8 +109,6 @@ def degrade(clean: np.ndarray, task: Task, rng: np.random.Generator) -> tuple[np
 
 def task_psnr(restored_chw: np.ndarray, ground_truth: np.ndarray, task: Task) -> float:
     """PSNR as the paper reports it: on the quantised output; SR on luma with ``scale`` pixels shaved."""
-    from nsr_deploy.bench.metrics import psnr
-
     y = np.clip(np.rint(restored_chw * 255.0), 0, 255).astype(np.uint8)
     out = y[0] if ground_truth.ndim == 2 else y.transpose(1, 2, 0)
     sr = task.kind == "sr"
