@@ -8,8 +8,13 @@ Conv forms (how the per-patch convolution is written in the graph, see :mod:`nsr
 ``grouped``    patches folded into channels; ``Conv.group`` is an attribute, so the patch batch is fixed
 ``matmul``     im2col and one batched MatMul per patch; dynamic batch and size
 ``dense-mix``  static convs for all k groups, then the gamma-weighted sum; dynamic batch and size
-``nchwc``      ONNX Runtime's internal blocked layout (:mod:`nsr_deploy.exporters.nchwc`); fixed batch,
-               ONNX Runtime on x86 only
+``nchwc``      ONNX Runtime's internal blocked layout; fixed batch, ONNX Runtime on x86 only. Not an export
+               form: the ONNX Runtime runner builds it at load from the portable model
+               (:mod:`nsr_deploy.runtimes.ort_specialise`); the bench also builds it from torch
+               (:mod:`nsr_deploy.exporters.nchwc`) and times the load-time one as ``nchwc-at-load``.
+
+``auto`` picks a form by a rule (:mod:`nsr_deploy.exporters.form_rule`, data below), the same on every
+machine; ``tune`` times the export forms on this machine (opt-in, machine-specific).
 """
 
 from __future__ import annotations
@@ -20,8 +25,18 @@ from dataclasses import dataclass
 DEPLOY_FORMS = ("grouped", "matmul", "dense-mix")  # traced from the deploy rewrite: every runtime reads them
 ORT_ONLY_FORMS = ("nchwc",)
 ONNX_FORMS = (*DEPLOY_FORMS, *ORT_ONLY_FORMS)
-AUTO_FORM = "auto"  # time (ONNX) or rank (TensorRT) the candidates, keep the best
-FORM_CHOICES = (*ONNX_FORMS, AUTO_FORM)
+EXPORT_FORMS = DEPLOY_FORMS  # what model.onnx may hold: portable forms only
+AUTO_FORM = "auto"  # by rule: AUTO_SPARSE_FORM / AUTO_DENSE_FORM (TensorRT ranks its own by documented support)
+TUNE_FORM = "tune"  # time the export forms in ONNX Runtime on this machine, keep the fastest
+FORM_CHOICES = (*EXPORT_FORMS, AUTO_FORM, TUNE_FORM)
+# the rule: a sparse model gets the form every runtime runs fastest on CPUs and that ONNX Runtime's runner
+# specialises to NCHWc at load; a dense model has no per-patch conv (every form is one graph): dynamic batch
+AUTO_SPARSE_FORM = "grouped"
+AUTO_DENSE_FORM = "matmul"
+# forms whose mixing MatMul carries the stacked kernels ONNX Runtime's runner reads back to specialise at load
+SPECIALISABLE_FORMS = ("grouped", "matmul")
+AT_LOAD_FORM = "nchwc-at-load"  # bench only: the portable grouped file as the ONNX Runtime runner specialises it
+BENCH_FORMS = (*ONNX_FORMS, AT_LOAD_FORM)
 STATIC_BATCH_FORMS = ("grouped", "nchwc")  # the patch batch is fixed in the graph
 PORTABLE_FORM = "grouped"  # the ONNX twin other runtimes get when model.onnx is ORT-only
 # dense-mix evaluates all k groups (k times the FLOPs by construction), so it cannot show the saving
@@ -48,7 +63,7 @@ class Backend:
 
 BACKEND_TABLE = (
     Backend("torch", "nsr_deploy.runtimes.torch_runner", "TorchRunner", None, None, (), "cpu", True, True),
-    Backend("onnxruntime", "nsr_deploy.runtimes.ort_runner", "OrtRunner", "onnx", ".onnx", ONNX_FORMS, "cpu",
+    Backend("onnxruntime", "nsr_deploy.runtimes.ort_runner", "OrtRunner", "onnx", ".onnx", BENCH_FORMS, "cpu",
             True, True),
     Backend("openvino", "nsr_deploy.runtimes.ov_runner", "OvRunner", "openvino", ".xml", DEPLOY_FORMS, "cpu",
             True, True),

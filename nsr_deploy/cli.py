@@ -12,7 +12,7 @@ import sys
 import click
 
 from nsr_deploy import __version__
-from nsr_deploy.capabilities import AUTO_BACKEND, AUTO_FORM, BACKEND_NAMES, ONNX_FORMS, PRECISIONS, TARGET_CHOICES
+from nsr_deploy.capabilities import AUTO_BACKEND, AUTO_FORM, BACKEND_NAMES, FORM_CHOICES, PRECISIONS, TARGET_CHOICES
 from nsr_deploy.cli_group import OneLineErrorGroup
 from nsr_deploy.errors import NSRError, user_errors
 
@@ -99,10 +99,11 @@ def _describe_check(check: dict) -> str:
                    "'all' builds every target this machine can build.")
 @click.option("--output", "-o", "out", type=click.Path(file_okay=False), default="out", show_default=True,
               help="Output folder (written atomically).")
-@click.option("--conv-form", type=click.Choice([AUTO_FORM, *ONNX_FORMS]), default=AUTO_FORM,
+@click.option("--conv-form", type=click.Choice(FORM_CHOICES), default=AUTO_FORM,
               show_default=True,
-              help="How the per-patch convolution is expressed in the graph. auto: time every form that "
-                   "passes parity on this machine and keep the fastest (nchwc is ONNX Runtime on x86 only).")
+              help="How the per-patch convolution is expressed in the graph. auto: decided by a rule from the model "
+                   "and the targets (same file on every machine); tune: time every form that passes parity on this "
+                   "machine and keep the fastest (machine-specific, recorded in nsr.json).")
 @click.option("--patch-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Patches per engine call (fixed for the 'grouped' form).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13-20).")
@@ -169,6 +170,9 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
         click.echo(f"skipped {name}: {why}")
     files = ", ".join(t["file"] for t in manifest["targets"].values())
     click.echo(f"wrote {out}/ ({files}, nsr.json)")
+    for name, places in manifest.get("runs_on", {}).items():
+        for place in places:
+            click.echo(f"runs on ({manifest['targets'][name]['file']}): {place}")
 
 
 @main.command()

@@ -37,3 +37,15 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.fail(f"test images missing: {DATA} (set NSR_DATA)")
     return DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _specialisation_cache(tmp_path_factory):
+    """ONNX Runtime's load-time NCHWc models go to a test folder, not the user's ~/.cache."""
+    old = os.environ.get("NSR_DEPLOY_CACHE")
+    os.environ["NSR_DEPLOY_CACHE"] = str(tmp_path_factory.mktemp("nsr-cache"))
+    yield
+    if old is None:
+        os.environ.pop("NSR_DEPLOY_CACHE", None)
+    else:
+        os.environ["NSR_DEPLOY_CACHE"] = old

@@ -10,7 +10,6 @@ import torch
 from onnx import numpy_helper
 
 from conftest import decisive_net
-from nsr_deploy.capabilities import ONNX_FORMS
 from nsr_deploy.config import NSRConfig
 from nsr_deploy.exporters import onnx_graph
 from nsr_deploy.exporters.pipeline import export_onnx
@@ -208,17 +207,37 @@ def test_cli_export_refuses_to_overwrite(tmp_path):
     assert (out / "model.onnx").read_bytes() != first  # replaced by the grouped form
 
 
-def test_auto_picks_a_form_that_passes_parity(tmp_path):
-    loaded = make_loaded(NCHWC_CONFIGS[0])
-    m = export_onnx(loaded, tmp_path / "auto", "auto", 4, show_progress=False)
+def test_auto_decides_by_rule_and_ships_a_portable_model(tmp_path):
+    sparse, dense = NCHWC_CONFIGS[0], CONFIGS[6]
+    m = export_onnx(make_loaded(sparse), tmp_path / "s", "auto", 4, show_progress=False)
     target = m["targets"]["onnx"]
-    report = target["auto"]["candidates"]
-    assert set(report) == set(ONNX_FORMS)
+    assert target["conv_form"] == "grouped" and "rule" in target["auto"] and "candidates" not in target["auto"]
+    model = onnx.load(str(tmp_path / "s" / "model.onnx"))
+    assert {o.domain for o in model.opset_import} == {""} and {n.domain for n in model.graph.node} <= {""}
+    assert model.ir_version == 8 and target["ir_version"] == 8  # opset 17's IR: ONNX Runtime >= 1.13 reads it
+    assert any("Node.js" in line for line in m["runs_on"]["onnx"])
+    m = export_onnx(make_loaded(dense), tmp_path / "d", "auto", 4, show_progress=False)
+    assert m["targets"]["onnx"]["conv_form"] == "matmul" and m["io"]["static_batch"] is None
+
+
+def test_nchwc_is_not_an_export_form(tmp_path):
+    from nsr_deploy.errors import NSRError
+
+    with pytest.raises(NSRError, match="portable"):
+        export_onnx(make_loaded(NCHWC_CONFIGS[0]), tmp_path / "n", "nchwc", 4, show_progress=False)
+    assert not (tmp_path / "n").exists()
+
+
+def test_tune_times_the_portable_forms_and_records_it(tmp_path):
+    loaded = make_loaded(NCHWC_CONFIGS[0])
+    m = export_onnx(loaded, tmp_path / "tune", "tune", 4, show_progress=False)
+    target = m["targets"]["onnx"]
+    report = target["tune"]["candidates"]
+    assert set(report) == {"grouped", "matmul", "dense-mix"} and target["tune"]["machine_specific"]
     ok = {f: r["ms"] for f, r in report.items() if r["status"] == "ok"}
     assert target["conv_form"] == min(ok, key=ok.get)  # the fastest of those that passed
-    assert m["parity"]["onnxruntime/fp32"]["passed"]
-    assert target["portable"] == (target["conv_form"] != "nchwc")
-    with OrtRunner(str(tmp_path / "auto" / "model.onnx")) as runner:
+    assert m["parity"]["onnxruntime/fp32"]["passed"] and target["portable"]
+    with OrtRunner(str(tmp_path / "tune" / "model.onnx")) as runner:
         x = reference_patches(NCHWC_CONFIGS[0], 4, 16)
         with torch.no_grad():
             want = loaded.net(torch.from_numpy(x)).numpy()

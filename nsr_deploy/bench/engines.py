@@ -15,10 +15,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nsr_deploy.capabilities import REFERENCE_BACKEND, TARGET_OF_BACKEND, TIMING_TWIN_FORM
+from nsr_deploy.capabilities import AT_LOAD_FORM, REFERENCE_BACKEND, TARGET_OF_BACKEND, TIMING_TWIN_FORM
 from nsr_deploy.errors import NSRError
 
 TWIN_FORM = TIMING_TWIN_FORM
+AT_LOAD_SOURCE = "grouped"  # the shipped file that nchwc-at-load specialises
 TWIN_SEED = 1234
 
 
@@ -107,7 +108,18 @@ class EngineFactory:
         return self._built(("onnx", form, twin), build)
 
     def onnx_path(self, form: str, twin: bool = False) -> Path:
+        if form == AT_LOAD_FORM:
+            form = AT_LOAD_SOURCE
+        if form == "nchwc" and not twin:  # no export form any more: built from torch for comparison
+            return self._built(("onnx", form, twin), self._nchwc)
         return self._onnx(form, twin).path
+
+    def _nchwc(self) -> Path:
+        from nsr_deploy.exporters.onnx_graph import build_onnx
+
+        path = self.scratch / "model-nchwc.onnx"
+        path.write_bytes(build_onnx(self.loaded, "nchwc", self.patch_batch, self.opset).SerializeToString())
+        return path
 
     def ir_path(self, form: str, precision: str, twin: bool = False) -> Path:
         form = TWIN_FORM if twin else form
@@ -143,8 +155,9 @@ class EngineFactory:
         target = TARGET_OF_BACKEND.get(spec.backend)
         if target == "onnx" and spec.precision != "fp32":
             raise NSRError(f"ONNX Runtime engines are fp32 here, not {spec.precision}")
-        if target == "onnx":
-            return cls(str(self.onnx_path(spec.form, spec.twin)), self.threads)
+        if target == "onnx":  # every form timed as built; only nchwc-at-load gets the runner's specialisation
+            return cls(str(self.onnx_path(spec.form, spec.twin)), self.threads,
+                       specialise=spec.form == AT_LOAD_FORM and not spec.twin)
         if target == "openvino":
             return cls(str(self.ir_path(spec.form, spec.precision, spec.twin)), self.threads, cache=False)
         raise NSRError(f"the bench cannot build {spec.backend} engines")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nsr_deploy.bench.machine import usable_cores
-from nsr_deploy.capabilities import BACKEND_NAMES, BENCH_DEFAULT_FORMS, ONNX_FORMS
+from nsr_deploy.capabilities import BACKEND_NAMES, BENCH_DEFAULT_FORMS, BENCH_FORMS
 from nsr_deploy.errors import NSRError
 
 DEFAULT_SUITES = ("parity", "layer", "model", "quality")
@@ -31,7 +31,7 @@ SUITES = (*DEFAULT_SUITES, "ray")  # ray: only when asked for (it starts a Ray c
 BACKENDS = BACKEND_NAMES
 DEVICES = ("cpu",)
 MODES = ("quick", "default", "paper")
-CONV_FORMS = ONNX_FORMS
+CONV_FORMS = BENCH_FORMS
 DEFAULT_CONV_FORMS = BENCH_DEFAULT_FORMS  # dense-mix only when asked for (see capabilities)
 FLOAT_PRECISIONS = ("fp32", "fp16")
 

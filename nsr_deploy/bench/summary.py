@@ -45,6 +45,24 @@ def model_figures(model: dict) -> list[dict]:
     return out
 
 
+def load_time_figures(model: dict) -> list[dict]:
+    """Issue 17: ONNX Runtime's load-time NCHWc engine against the exported ``nchwc`` form on the same
+    (interleaved) patches, and the pixels it computes for the run's image (a small one: one patch)."""
+    by_form = {r["form"]: r for r in model["patch_batch"] if r["backend"] == "onnxruntime" and not r["dense_twin"]
+               and r.get("median_ms") is not None}
+    out = []
+    if "nchwc-at-load" in by_form and "nchwc" in by_form:
+        out.append({"figure": "patch batch: nchwc-at-load / nchwc export", "engine": "onnxruntime nchwc-at-load",
+                    "value": round(by_form["nchwc-at-load"]["median_ms"] / by_form["nchwc"]["median_ms"], 3),
+                    "target": "<= 1.05 (issue 17)"})
+    image = [r for r in model["image"] if r.get("form") == "nchwc-at-load" and r.get("compute_ratio") is not None]
+    if image:
+        h, w = model["protocol"]["image"]
+        out.append({"figure": f"image {h}x{w}: pixels computed / image pixels", "engine": "onnxruntime nchwc-at-load",
+                    "value": max(r["compute_ratio"] for r in image), "target": "<= 1.1 (issue 17, 150x150)"})
+    return out
+
+
 def layer_figures(layer: dict) -> list[dict]:
     rows = [r for r in layer["rows"] if r.get("ratio") is not None]
     out = []
@@ -69,7 +87,7 @@ def layer_figures(layer: dict) -> list[dict]:
 def headline(sections: dict) -> list[dict]:
     out = []
     if "model" in sections:
-        out += model_figures(sections["model"])
+        out += model_figures(sections["model"]) + load_time_figures(sections["model"])
     if "layer" in sections:
         out += layer_figures(sections["layer"])
     return out

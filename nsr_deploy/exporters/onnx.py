@@ -4,15 +4,17 @@ parity gate in ONNX Runtime.
 Writes ``OUT/model.onnx`` and ``OUT/nsr.json`` atomically (a temp folder renamed into place only
 after every gate passed). The same inputs give byte-identical model files.
 
-Conv forms: the portable ``grouped``, ``matmul``, ``dense-mix`` (traced from the deploy rewrite) and
-the ONNX-Runtime-only ``nchwc`` (written directly in ORT's blocked layout, see :mod:`.nchwc`).
-``auto`` builds every candidate, checks its parity, times it in ONNX Runtime on this machine and
-keeps the fastest (:mod:`.onnx_auto`); the timings go into the manifest.
+``model.onnx`` is always portable: standard ONNX ops, the oldest IR version its opset allows (ONNX
+Runtime >= 1.17 in Python, C, Node and Web loads it). Conv forms: ``grouped``, ``matmul``, ``dense-mix``.
+``auto`` decides by a rule (:mod:`.form_rule`); ``tune`` builds every candidate, checks its parity,
+times it in ONNX Runtime on this machine and keeps the fastest (:mod:`.onnx_auto`; machine-specific,
+the timings go into the manifest). ONNX Runtime's blocked ``nchwc`` form is not shipped: its runner
+builds it at load for its own CPU (:mod:`nsr_deploy.runtimes.ort_specialise`).
 """
 
 from __future__ import annotations
 
-from nsr_deploy.capabilities import AUTO_FORM, FORM_CHOICES, ORT_ONLY_FORMS, STATIC_BATCH_FORMS
+from nsr_deploy.capabilities import AUTO_FORM, FORM_CHOICES, ORT_ONLY_FORMS, STATIC_BATCH_FORMS, TUNE_FORM
 from nsr_deploy.checks.results import GateResult
 from nsr_deploy.errors import NSRError
 from nsr_deploy.exporters.common import base_manifest, sha256_bytes, tool_versions
@@ -23,9 +25,14 @@ OPSETS = range(13, 21)  # Softmax over one axis from 13; the legacy exporter sto
 MODEL_FILE = "model.onnx"
 NAME = "onnx"
 STAGES = ["choose", "rewrite", "trace", "simplify", "check", "parity"]
+LOAD_TIME_NOTE = ("ONNX Runtime on CPUs with NCHWc kernels (x86) rewrites it into its blocked form for the CPU it "
+                  "runs on, checked against this file and cached; elsewhere it runs as is")
 
 
 def check_options(conv_form: str, patch_batch: int | None, opset: int) -> None:
+    if conv_form in ORT_ONLY_FORMS:
+        raise NSRError(f"conv form {conv_form!r} is no longer exported: model.onnx stays portable and the ONNX "
+                       "Runtime runner rewrites it into the NCHWc form of the CPU it runs on, at load")
     if conv_form not in FORM_CHOICES:
         raise NSRError(f"unknown conv form {conv_form!r} (choose from {', '.join(FORM_CHOICES)})")
     if opset not in OPSETS:
@@ -47,27 +54,29 @@ def build(ctx) -> Artifact:
     """Pipeline step: ``model.onnx`` into ``ctx.folder``; the I/O contract the manifest starts with."""
     opts, loaded = ctx.options, ctx.loaded
     check_options(opts.conv_form, opts.patch_batch, opts.opset)
-    form, auto = opts.conv_form, None
+    form, choice = opts.conv_form, None
     batch_for_static = opts.patch_batch or DEFAULT_PATCH_BATCH
-    if form == AUTO_FORM:
-        from nsr_deploy.exporters.onnx_auto import choose_form
+    with ctx.stages.stage("choose"):
+        if form == AUTO_FORM:
+            from nsr_deploy.exporters.form_rule import auto_form
 
-        with ctx.stages.stage("choose"):
-            form, auto = choose_form(loaded, batch_for_static, opts.opset, opts.threads, ctx.scratch)
+            form, why = auto_form(loaded.config, ctx.targets)
+            choice = {"auto": {"rule": why}}
+        elif form == TUNE_FORM:
+            from nsr_deploy.exporters.onnx_auto import choose_form
+
+            form, tuned = choose_form(loaded, batch_for_static, opts.opset, opts.threads, ctx.scratch)
+            choice = {"tune": tuned}
     batch = batch_for_static if form in STATIC_BATCH_FORMS else None
     model = build_onnx(loaded, form, batch, opts.opset, ctx.stages)
     data = model.SerializeToString()
     (ctx.folder / MODEL_FILE).write_bytes(data)
     contract = {**base_manifest(loaded, form, batch, dynamic_axes(form)), "opset": opts.opset}
-    portable = form not in ORT_ONLY_FORMS
     entry = {"file": MODEL_FILE, "sha256": sha256_bytes(data), "precision": "fp32", "runtime": "onnxruntime",
-             "conv_form": form, "static_batch": batch, "portable": portable}
-    if not portable:
-        entry["nchwc_block"] = int({p.key: p.value for p in model.metadata_props}["nsr_nchwc_block"])
-        entry["note"] = ("ONNX Runtime on x86 only (internal com.microsoft.nchwc ops); the block size must match "
-                         "the machine's; other runtimes get a portable form")
-    if auto:
-        entry["auto"] = auto
+             "conv_form": form, "static_batch": batch, "portable": True, "ir_version": model.ir_version,
+             "load_time": LOAD_TIME_NOTE}
+    if choice:
+        entry.update(choice)
     return Artifact(NAME, ctx.folder / MODEL_FILE, "ONNX Runtime fp32", "onnxruntime/fp32", entry,
                     tool_versions("torch", "onnx", "onnxsim", "onnxruntime"), contract)
 
@@ -78,7 +87,8 @@ def gate(artifact: Artifact, ctx) -> GateResult:
     from nsr_deploy.checks.gates import float_gate
     from nsr_deploy.runtimes.ort_runner import OrtRunner
 
-    with ctx.stages.stage("parity"), OrtRunner(str(artifact.path), ctx.options.threads) as runner:
+    # the shipped file as it is: the runner's load-time specialisation checks itself against it
+    with ctx.stages.stage("parity"), OrtRunner(str(artifact.path), ctx.options.threads, specialise=False) as runner:
         return float_gate(ctx.loaded.net, runner, verdicts.FP32_MAX_ABS)
 
 

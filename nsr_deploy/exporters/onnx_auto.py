@@ -1,5 +1,6 @@
-"""``--conv-form auto`` for ONNX Runtime: build every candidate form, check its parity, time it on this
-machine and keep the fastest; the timings go into the manifest."""
+"""``--conv-form tune`` for ONNX Runtime: build every export form, check its parity, time it on this
+machine and keep the fastest; the timings go into the manifest. Machine-specific by nature, so it is an
+explicit opt-in (``auto`` is a rule: :mod:`.form_rule`)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from nsr_deploy.capabilities import ONNX_FORMS, STATIC_BATCH_FORMS
+from nsr_deploy.capabilities import EXPORT_FORMS, STATIC_BATCH_FORMS
 from nsr_deploy.errors import NSRError
 from nsr_deploy.exporters.onnx_graph import build_onnx
 
 
 def candidate_forms() -> list[str]:
-    """Forms worth timing for ``auto``: every portable form, plus ``nchwc`` where ORT has it."""
-    return list(ONNX_FORMS)
+    """Forms timed by ``tune``: the export forms (portable: only those ship)."""
+    return list(EXPORT_FORMS)
 
 
 def time_runner(runner, channels: int, batch: int, size: int, repeats: int = 3) -> float:
@@ -43,7 +44,7 @@ def choose_form(loaded, batch: int, opset: int, threads: int | None, scratch: Pa
             continue
         path = scratch / f"candidate-{form}.onnx"
         path.write_bytes(model.SerializeToString())
-        with OrtRunner(str(path), threads) as runner:
+        with OrtRunner(str(path), threads, specialise=False) as runner:
             check = patch_parity(loaded.net, runner, batch, cfg.patch_size, verdicts.FP32_MAX_ABS)
             if not check.passed:
                 report[form] = {"status": "failed parity", "max_abs": check.to_manifest()["max_abs"]}
@@ -54,4 +55,6 @@ def choose_form(loaded, batch: int, opset: int, threads: int | None, scratch: Pa
     if not timed:
         raise NSRError("no conv form passed the parity gate in ONNX Runtime")
     return min(timed, key=timed.get), {"workload": f"{batch} patches of {cfg.patch_size}x{cfg.patch_size}",
-                                       "threads": threads, "candidates": report}
+                                       "threads": threads, "candidates": report, "machine_specific": True,
+                                       "note": "timed on the exporting machine; another machine may rank the "
+                                               "forms differently"}

@@ -51,6 +51,8 @@ def _finish(model, loaded, conv_form: str, patch_batch: int | None, full_check: 
     props = {p.key: p.value for p in model.metadata_props}
     props["nsr_manifest"] = json.dumps(contract, sort_keys=True)
     onnx.helper.set_model_props(model, props)
+    # the oldest IR version its opsets allow (IR 8 for opset 17): what older runtimes (ORT web / node) read
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
     try:
         onnx.checker.check_model(model, full_check=full_check)
     except onnx.checker.ValidationError as e:

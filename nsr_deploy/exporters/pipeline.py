@@ -176,6 +176,9 @@ def export(loaded, out: str | Path, target: str = "onnx", options: ExportOptions
             stages.close()
         if skipped:
             ctx.manifest["skipped_targets"] = skipped
+        from nsr_deploy.exporters.runs_on import runs_on
+
+        ctx.manifest["runs_on"] = runs_on(ctx.manifest)
         ctx.manifest["export_seconds"] = stages.timings
         write_json(tmp / MANIFEST, ctx.manifest)
     return ctx.manifest

@@ -54,22 +54,41 @@ def _manifest_of_file(path: Path) -> dict | None:
             return read_ir_manifest(path)
         except RuntimeError as e:
             raise NSRError(f"{path}: OpenVINO cannot read it ({str(e).strip().splitlines()[0][:160]})") from None
-    if path.suffix == ".onnx":  # a bare model: its config travels in the ONNX metadata
-        try:
-            import onnx
-        except ImportError:
-            return None
-        try:
-            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        except Exception as e:  # noqa: BLE001 - protobuf's decode errors have no common base worth naming
-            raise NSRError(f"{path}: not a readable ONNX model ({str(e).strip()[:160] or type(e).__name__})") \
-                from None
+    if path.suffix == ".onnx":  # a bare model: its contract travels in the ONNX metadata
+        props = _onnx_metadata(path)
         if "nsr_manifest" in props:
             try:
                 return json.loads(props["nsr_manifest"])
             except json.JSONDecodeError as e:
                 raise NSRError(f"{path}: its nsr_manifest metadata is not valid JSON ({e})") from None
     return None
+
+
+def _onnx_metadata(path: Path) -> dict:
+    """An ONNX file's metadata props, read by ``onnx`` or, without it, by ONNX Runtime."""
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+    if onnx is not None:
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # noqa: BLE001 - protobuf's decode errors have no common base worth naming
+            raise NSRError(f"{path}: not a readable ONNX model ({str(e).strip()[:160] or type(e).__name__})") \
+                from None
+        return {p.key: p.value for p in model.metadata_props}
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {}
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - not loadable here: no contract to read
+        return {}
+    return dict(session.get_modelmeta().custom_metadata_map)
 
 
 def load(path, backend: str = "auto", threads: int | None = None, tiling: str = "reference",

@@ -64,24 +64,34 @@ class Runner:
         outs = []
         for i in range(0, x.shape[0], n):
             xb, vb = x[i:i + n], valid[i:i + n]
-            m = xb.shape[0]
-            if m < n:  # a fixed-batch engine: pad with copies of the last item, drop them after
-                xb = np.concatenate([xb, np.repeat(xb[-1:], n - m, 0)])
-                vb = np.concatenate([vb, np.repeat(vb[-1:], n - m, 0)])
-            outs.append(self._checked_infer(np.ascontiguousarray(xb), np.ascontiguousarray(vb))[:m])
+            run = self._infer if xb.shape[0] == n else self._infer_short
+            outs.append(self._checked_infer(np.ascontiguousarray(xb), np.ascontiguousarray(vb), run))
         return np.concatenate(outs)
 
-    def _checked_infer(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def _checked_infer(self, x: np.ndarray, valid: np.ndarray, run=None) -> np.ndarray:
         """A backend's own exception (an engine that disagrees with its manifest's shapes, a corrupt
         engine) becomes one error line naming the engine."""
         try:
-            return self._infer(x, valid)
+            return (run or self._infer)(x, valid)
         except (NSRError, KeyboardInterrupt, MemoryError):
             raise
         except Exception as e:  # noqa: BLE001 - every backend has its own exception types
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise NSRError(f"{self.path}: the {self.backend} engine failed on input {list(x.shape)} ({first})") \
                 from None
+
+    def computed_items(self, m: int) -> int:
+        """Batch items one call of ``m`` patches really computes (a fixed batch pads short calls)."""
+        n = self.static_batch
+        return m if n is None else -(-m // n) * n
+
+    def _infer_short(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Fewer patches than a fixed batch: pad with copies of the last item, drop them after.
+        Runners with a smaller engine at hand override this (and :meth:`computed_items`)."""
+        n, m = self.static_batch, x.shape[0]
+        xb = np.concatenate([x, np.repeat(x[-1:], n - m, 0)])
+        vb = np.concatenate([valid, np.repeat(valid[-1:], n - m, 0)])
+        return self._infer(xb, vb)[:m]
 
     # -- for subclasses --------------------------------------------------------------------
     def _activate(self) -> None:

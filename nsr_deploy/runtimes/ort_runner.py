@@ -1,11 +1,23 @@
-"""ONNX Runtime (CPU execution provider) runner."""
+"""ONNX Runtime (CPU execution provider) runner.
+
+A portable model is specialised at load into ONNX Runtime's blocked NCHWc form for this CPU where it
+can be (:mod:`.ort_specialise`), else run as it is with a warning that says why. Calls with fewer
+patches than the engine's batch run on a batch-1 twin instead of being padded with copies (a whole
+small image is one patch: padded to 16 it would cost 16 times its pixels).
+"""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.runtimes.base import Runner
+
+
+class SpecialisationWarning(UserWarning):
+    """The portable model runs unspecialised (slower, same results)."""
 
 
 def unavailable() -> str | None:
@@ -17,18 +29,32 @@ def unavailable() -> str | None:
     return None
 
 
+def _portable_batch(path: str) -> tuple[int | None, bool]:
+    """The model's fixed patch batch (None: dynamic) and whether it is a portable NSR model."""
+    try:
+        import onnx
+    except ImportError:
+        return None, False
+    model = onnx.load(path, load_external_data=False)
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    props = {p.key for p in model.metadata_props}
+    portable = "nsr_manifest" in props and "nsr_nchwc_block" not in props
+    return (dim.dim_value if dim.HasField("dim_value") else None), portable
+
+
 class OrtRunner(Runner):
     backend = "onnxruntime"
+    DEFAULT_BATCH = 16  # the blocked batch of a dynamic-batch portable model (the engine's tile batch)
 
-    def __init__(self, path: str, threads: int | None = None, optimization: str = "all"):
+    def __init__(self, path: str, threads: int | None = None, optimization: str = "all", specialise: bool = True):
         super().__init__(path, threads)
         self.optimization = optimization
+        self.specialise = specialise
         self.session = None
+        self.single = None  # batch-1 session for short calls, or None (pad them)
+        self.specialisation: dict | None = None
 
-    def _activate(self) -> None:
-        why = unavailable()
-        if why:
-            raise BackendUnavailable(why)
+    def _session(self, model):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -43,15 +69,47 @@ class OrtRunner(Runner):
         }[self.optimization]
         opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
             raise NSRError(f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
+
+    def _activate(self) -> None:
+        why = unavailable()
+        if why:
+            raise BackendUnavailable(why)
+        batch, portable = _portable_batch(self.path)
+        if self.specialise and portable:
+            self._activate_specialised(batch)
+        else:
+            self.session = self._session(self.path)
         shape = self.session.get_inputs()[0].shape
         self.static_batch = shape[0] if isinstance(shape[0], int) else None
         self._check_nchwc_block()
 
+    def _activate_specialised(self, batch: int | None) -> None:
+        import functools
+
+        from nsr_deploy.runtimes.ort_specialise import session, specialise
+
+        portable = functools.cache(lambda: session(self.path, self.threads))  # built once, only on a cache miss
+        main = specialise(self.path, batch or self.DEFAULT_BATCH, self.threads, portable)
+        self.specialisation = main.as_dict()
+        if main.why and main.quiet:
+            self.session = self._session(self.path)
+            return
+        if main.why:
+            warnings.warn(f"{self.path}: running the portable model, not ONNX Runtime's NCHWc form: {main.why}",
+                          SpecialisationWarning, stacklevel=4)
+            self.session = self._session(self.path)
+            return
+        self.session = self._session(main.path)
+        if main.batch > 1:
+            single = specialise(self.path, 1, self.threads, portable)
+            if single.why is None:
+                self.single = self._session(single.path)
+
     def _check_nchwc_block(self) -> None:
-        """An ``nchwc`` model's filters are laid out for one NCHWc block size: refuse another."""
+        """A blocked model's filters are laid out for one NCHWc block size: refuse another."""
         want = self.session.get_modelmeta().custom_metadata_map.get("nsr_nchwc_block")
         if want is None:
             return
@@ -64,7 +122,19 @@ class OrtRunner(Runner):
                            f"machine's ONNX Runtime uses {have or 'none'}; re-export with a portable --conv-form")
 
     def _deactivate(self) -> None:
-        self.session = None
+        self.session = self.single = None
+
+    def computed_items(self, m: int) -> int:
+        return m if self.single is not None else super().computed_items(m)
+
+    def _infer_short(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        if self.single is None:
+            return super()._infer_short(x, valid)
+        return np.concatenate([self.single.run(["y"], {"x": x[i:i + 1], "valid": valid[i:i + 1]})[0]
+                               for i in range(len(x))])
 
     def _infer(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
         return self.session.run(["y"], {"x": x, "valid": valid})[0]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "specialisation": self.specialisation}

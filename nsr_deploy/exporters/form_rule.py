@@ -1,0 +1,31 @@
+"""``--conv-form auto``: the conv form of ``model.onnx``, decided by a rule from the model and the target
+runtimes, never by timing it on the exporting machine (a stopwatch made the same export pick different
+forms on different runs, and tuned the shipped file to a machine it will not run on).
+
+The rule (forms: :mod:`nsr_deploy.models.deploy`):
+
+- a dense model has no per-patch conv, so every form is the same graph: ``matmul``, whose patch batch
+  stays dynamic (no fixed batch to pad).
+- a sparse model: ``grouped``, one grouped Conv per sparse layer. It is standard ONNX that every
+  runtime here runs (ONNX Runtime on any CPU, Node and the web; OpenVINO; TensorRT is decided by its
+  own exporter from documented operator support); it is the fastest portable form in ONNX Runtime and
+  OpenVINO (``matmul`` pays an im2col, ``dense-mix`` k times the FLOPs), and it is the form the ONNX
+  Runtime runner reads back to build its blocked NCHWc engine at load time. Its patch batch is fixed
+  (``Conv.group`` is an attribute); runners keep short calls from computing the padding.
+
+Timing the candidates is still there, as the explicit opt-in ``--conv-form tune`` (machine-specific).
+The rule's data lives in :mod:`nsr_deploy.capabilities`.
+"""
+
+from __future__ import annotations
+
+from nsr_deploy.capabilities import AUTO_DENSE_FORM, AUTO_SPARSE_FORM
+
+
+def auto_form(config, targets: list[str] | tuple[str, ...] = ("onnx",)) -> tuple[str, str]:
+    """The conv form for ``model.onnx`` and the reason, for a model ``config`` exported to ``targets``."""
+    if not config.sparse:
+        return AUTO_DENSE_FORM, "dense model: no per-patch conv, every form is one graph; matmul's batch is dynamic"
+    runtimes = ", ".join(t for t in targets if t != "onnx") or "onnx"
+    return AUTO_SPARSE_FORM, (f"sparse model for {runtimes}: grouped is standard ONNX every runtime runs, the "
+                              "fastest portable form on CPUs, and what ONNX Runtime specialises to NCHWc at load")
