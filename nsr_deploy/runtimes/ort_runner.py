@@ -35,8 +35,11 @@ def _portable_batch(path: str) -> tuple[int | None, bool]:
         import onnx
     except ImportError:
         return None, False
-    model = onnx.load(path, load_external_data=False)
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    try:
+        model = onnx.load(path, load_external_data=False)
+        dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    except Exception:  # noqa: BLE001 - unreadable: not specialised; loading it says why in one line
+        return None, False
     props = {p.key for p in model.metadata_props}
     portable = "nsr_manifest" in props and "nsr_nchwc_block" not in props
     return (dim.dim_value if dim.HasField("dim_value") else None), portable
