@@ -100,7 +100,8 @@ def test_onnx_fp16_export_ships_gated_model_that_onnxruntime_runs(tmp_path):
     args = ["--target", "onnx", "--precision", "fp16", "--conv-form", "matmul", "--threads", "1", "-o", str(out)]
     result = CliRunner().invoke(main, ["export", str(tmp_path / "tiny.safetensors"), *args])
     assert result.exit_code == 0, result.output
-    assert "model.fp16.onnx" in result.output.splitlines()[-1]
+    wrote = [line for line in result.output.splitlines() if line.startswith("wrote ")]
+    assert len(wrote) == 1 and "model.fp16.onnx" in wrote[0]
     assert sorted(p.name for p in out.iterdir()) == ["model.fp16.onnx", "model.onnx", "nsr.json"]
     doc = json.loads((out / "nsr.json").read_text())
     entry, gate = doc["targets"]["onnx-fp16"], doc["parity"]["onnx/fp16"]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
@@ -75,6 +76,9 @@ def validate_options(options) -> None:
 
 
 def _require_nncf() -> None:
+    # NNCF sends usage telemetry (a forked process per event) unless NNCF_CI is set; nsr-deploy
+    # sends nothing anywhere, so it sets it before NNCF is first imported (this is the only import).
+    os.environ.setdefault("NNCF_CI", "1")
     try:
         import nncf  # noqa: F401
     except ImportError:
@@ -84,11 +88,16 @@ def _require_nncf() -> None:
 
 # -- lowering --------------------------------------------------------------------------------
 def convert(onnx_path: str | Path):
-    """``ov.Model`` of the ONNX file; the I/O names must survive (apps bind them by name)."""
+    """``ov.Model`` of the ONNX file; the I/O names must survive (apps bind them by name).
+
+    Read by the ONNX frontend (``Core.read_model``), not ``ov.convert_model``: the converter sends
+    usage telemetry from a forked process, which is network traffic nobody asked for and a fork that
+    deadlocks an export running beside other threads (measured: an export with one busy numpy thread
+    hung for good)."""
     import openvino as ov
 
     try:
-        model = ov.convert_model(str(onnx_path))
+        model = ov.Core().read_model(str(onnx_path))
     except Exception as e:  # the converter raises several exception types
         raise NSRError(f"OpenVINO cannot convert {Path(onnx_path).name} ({str(e).strip().splitlines()[-1][:200]})") \
             from None

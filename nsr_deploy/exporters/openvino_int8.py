@@ -102,6 +102,9 @@ def quantize(model, batches: list[dict], targets: list[str]):
     manifest says. Mixed preset: symmetric int8 weights, asymmetric activations (activations are
     signed around the image mean).
     """
+    from nsr_deploy.exporters.openvino import _require_nncf
+
+    _require_nncf()  # the telemetry switch is set before NNCF's first import
     import nncf
 
     wanted = set(targets)
