@@ -46,6 +46,19 @@ def export_tiny_tiled(root: Path, form: str, batch, target: str = "onnx") -> Pat
     return folder
 
 
+@pytest.fixture(scope="session")
+def contract_exports(tmp_path_factory) -> dict:
+    """Exports with conformance vectors for the examples' tests: a tiny fixed-batch one (batch filling)
+    and the bundled sr-x2 with a dynamic batch (one whole image is one call)."""
+    from nsr_deploy.exporters.pipeline import ExportOptions, export
+    from nsr_deploy.models import load_model
+
+    root = tmp_path_factory.mktemp("contract-exports")
+    export(load_model("sr-x2"), root / "sr-x2", "onnx", ExportOptions(conv_form="matmul", patch_batch=None,
+                                                                         show_progress=False, conformance=True))
+    return {"tiny-static": export_tiny_tiled(root, "grouped", 4), "sr-x2": root / "sr-x2"}
+
+
 def within_contract_tolerance(got: np.ndarray, expected: np.ndarray) -> bool:
     """docs/contract.md's pass rule for other implementations: at most one 8-bit level, on at most 0.1%
     of the values (engines round floats differently)."""

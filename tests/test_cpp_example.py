@@ -18,9 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DATA, ROOT, export_tiny_tiled, within_contract_tolerance
-from nsr_deploy.exporters.pipeline import ExportOptions, export
-from nsr_deploy.models import load_model
+from conftest import DATA, ROOT, within_contract_tolerance
 
 SOURCES = ROOT / "examples" / "cpp"
 
@@ -67,18 +65,9 @@ def run_cpp(exe, folder, src, dst, tiling):
     return json.loads(done.stdout), np.asarray(Image.open(dst))
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cpp")
-    srx2 = root / "sr-x2"  # dynamic batch: one whole image is one call
-    export(load_model("sr-x2"), srx2, "onnx", ExportOptions(conv_form="matmul", patch_batch=None,
-                                                               show_progress=False, conformance=True))
-    return {"tiny-static": export_tiny_tiled(root, "grouped", 4), "sr-x2": srx2}
-
-
 @pytest.mark.parametrize("name", ["tiny-static", "sr-x2"])
-def test_cpp_reproduces_the_conformance_vectors(binary, folders, name, tmp_path):
-    folder = folders[name]
+def test_cpp_reproduces_the_conformance_vectors(binary, contract_exports, name, tmp_path):
+    folder = contract_exports[name]
     section = json.loads((folder / "nsr.json").read_text())["conformance"]
     for v in section["vectors"]:
         windows, got = run_cpp(binary, folder, folder / v["input"], tmp_path / "out.png", v["tiling"])
@@ -89,22 +78,23 @@ def test_cpp_reproduces_the_conformance_vectors(binary, folders, name, tmp_path)
 
 
 @pytest.mark.parametrize("tiling", ["reference", "cells"])
-def test_cpp_equals_restore_on_a_real_image(binary, folders, tiling, tmp_path):
+def test_cpp_equals_restore_on_a_real_image(binary, contract_exports, tiling, tmp_path):
     src = DATA / "CSet5" / "butterfly.png"  # 256 x 256: tiled by both modes
     out = tmp_path / "py.png"
-    done = subprocess.run([sys.executable, "-m", "nsr_deploy.cli", "restore", str(src), "-m", str(folders["sr-x2"]),
+    folder = contract_exports["sr-x2"]
+    done = subprocess.run([sys.executable, "-m", "nsr_deploy.cli", "restore", str(src), "-m", str(folder),
                            "-o", str(out), "--tiling", tiling, "--backend", "onnxruntime"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    windows, got = run_cpp(binary, folders["sr-x2"], src, tmp_path / "cpp.png", tiling)
+    windows, got = run_cpp(binary, contract_exports["sr-x2"], src, tmp_path / "cpp.png", tiling)
     assert len(windows["windows"]) > 1
     assert within_contract_tolerance(got, np.asarray(Image.open(out)))
 
 
-def test_cpp_refuses_bad_input_with_one_line(binary, folders, tmp_path):
+def test_cpp_refuses_bad_input_with_one_line(binary, contract_exports, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
-    done = subprocess.run([str(binary), str(folders["sr-x2"]), str(bad), str(tmp_path / "o.png")],
+    done = subprocess.run([str(binary), str(contract_exports["sr-x2"]), str(bad), str(tmp_path / "o.png")],
                           capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
     assert not (tmp_path / "o.png").exists()

@@ -33,11 +33,11 @@ std::string read_text(const std::string& path) {
 }
 
 // The folder's engine: OpenVINO IR if exported, else the ONNX model (OpenVINO reads both).
-std::string engine_file(const std::string& dir, const mini_json::Value& manifest) {
+const mini_json::Value& engine_entry(const mini_json::Value& manifest) {
   const auto& targets = manifest["targets"];
   for (const char* name : {"openvino", "onnx"})
     if (targets.has(name) && (!targets[name].has("portable") || targets[name]["portable"].boolean))
-      return dir + "/" + targets[name]["file"].text;
+      return targets[name];
   throw std::runtime_error("nsr.json: no OpenVINO or portable ONNX engine in the folder");
 }
 
@@ -59,10 +59,11 @@ class Restorer {
     const auto& sem = manifest_["semantics"];
     scale_ = sem["scale"].as_int();
     channels_ = sem["channels"].as_int();
-    const auto& sb = manifest_["io"]["static_batch"];
+    const auto& engine = engine_entry(manifest_);  // its own fixed batch, if it has one
+    const auto& sb = engine.has("static_batch") ? engine["static_batch"] : manifest_["io"]["static_batch"];
     static_batch_ = sb.is_null() ? 0 : sb.as_int();
     ov::Core core;
-    auto model = core.read_model(engine_file(dir, manifest_));
+    auto model = core.read_model(dir + "/" + engine["file"].text);
     // f32 execution on every CPU (bf16 machines would otherwise compute the softmax in bf16)
     compiled_ = core.compile_model(model, "CPU", ov::hint::inference_precision(ov::element::f32));
     request_ = compiled_.create_infer_request();
