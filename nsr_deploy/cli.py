@@ -121,10 +121,12 @@ def _describe_check(check: dict) -> str:
               help="TensorRT timing cache file, reused across builds.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the parity gates.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--conformance", is_flag=True,
+              help="Also write conformance vectors (inputs, window lists, expected outputs; docs/contract.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @user_errors
 def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_form, patch_batch, opset, precision,
-           calib, gate_images, batch_profile, workspace_mib, timing_cache, threads, force, as_json):
+           calib, gate_images, batch_profile, workspace_mib, timing_cache, threads, force, conformance, as_json):
     """Export a model to deployable engines, gated on parity with the PyTorch reference."""
     from pathlib import Path
 
@@ -157,7 +159,8 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
     loaded = resolve_model(checkpoint, model_name, image_mean, patch_size)
     opts = ExportOptions(conv_form=conv_form, patch_batch=patch_batch, opset=opset, precision=precision,
                          calib=calib, gate_images=gate_images, threads=threads, batch_profile=profile,
-                         workspace_mib=workspace_mib, timing_cache=timing_cache, force=force, show_progress=not as_json)
+                         workspace_mib=workspace_mib, timing_cache=timing_cache, force=force, show_progress=not as_json,
+                         conformance=conformance)
     manifest = export(loaded, out, target, opts)
     if as_json:
         click.echo(json.dumps(manifest, indent=2))

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nsr_deploy.config import NSRConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NSR_DATA", ROOT.parent / "shared" / "data"))
 
@@ -25,6 +27,45 @@ def decisive_net(cfg, seed: int = 0, bias_std: float = 0.0):
             elif bias_std and name.endswith("bias"):
                 p.normal_(0, bias_std)
     return net
+
+
+# patch 24: the smallest with a reference stride above 4; images tile from 96 x 96 on
+TINY_TILED = NSRConfig(channels=3, scale=2, num_blocks=1, units=8, block_width=16, groups=2, cardinals=4,
+                       patch_size=24)
+
+
+def export_tiny_tiled(root: Path, form: str, batch, target: str = "onnx") -> Path:
+    """A tiny sparse x2 colour model exported with conformance vectors into ``root/<form>-<batch>``."""
+    from nsr_deploy.exporters.pipeline import ExportOptions, export
+    from nsr_deploy.models.checkpoint import LoadedModel
+
+    loaded = LoadedModel(decisive_net(TINY_TILED, 3, bias_std=0.05), "tiny", "built", "0" * 64, "tiny")
+    folder = root / f"{form}-{batch}"
+    export(loaded, folder, target, ExportOptions(conv_form=form, patch_batch=batch, show_progress=False,
+                                                 conformance=True, threads=1))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def contract_exports(tmp_path_factory) -> dict:
+    """Exports with conformance vectors for the examples' tests: a tiny fixed-batch one (batch filling)
+    and the bundled sr-x2 with a dynamic batch (one whole image is one call)."""
+    from nsr_deploy.exporters.pipeline import ExportOptions, export
+    from nsr_deploy.models import load_model
+
+    root = tmp_path_factory.mktemp("contract-exports")
+    export(load_model("sr-x2"), root / "sr-x2", "onnx", ExportOptions(conv_form="matmul", patch_batch=None,
+                                                                         show_progress=False, conformance=True))
+    return {"tiny-static": export_tiny_tiled(root, "grouped", 4), "sr-x2": root / "sr-x2"}
+
+
+def within_contract_tolerance(got: np.ndarray, expected: np.ndarray) -> bool:
+    """docs/contract.md's pass rule for other implementations: at most one 8-bit level, on at most 0.1%
+    of the values (engines round floats differently)."""
+    if got.shape != expected.shape:
+        return False
+    diff = np.abs(got.astype(np.int16) - expected.astype(np.int16))
+    return diff.max() <= 1 and np.count_nonzero(diff) <= 0.001 * diff.size
 
 
 def data_image(folder: str, index: int = 0) -> np.ndarray:

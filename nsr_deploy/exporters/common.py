@@ -11,7 +11,7 @@ from importlib import metadata
 
 from nsr_deploy import __version__
 from nsr_deploy.exporters.output_folder import atomic_output  # noqa: F401 - where exporters found it
-from nsr_deploy.runtimes.geometry import REFERENCE_PAD, STRIP_WEIGHT, reference_stride
+from nsr_deploy.runtimes.host_contract import CONTRACT_VERSION, host_rules, tiling_parameters
 from nsr_deploy.runtimes.manifest import MANIFEST_FORMAT
 
 
@@ -64,6 +64,7 @@ def base_manifest(loaded, conv_form: str, patch_batch: int | None, dynamic: dict
     s = cfg.scale
     return {
         "format": MANIFEST_FORMAT,
+        "contract_version": CONTRACT_VERSION,
         "model": {
             "name": loaded.name,
             "kind": cfg.kind,
@@ -85,7 +86,8 @@ def base_manifest(loaded, conv_form: str, patch_batch: int | None, dynamic: dict
                             "sees zeros there, as on the reference's whole image; all ones for a whole image"},
             ],
             "outputs": [
-                {"name": "y", "dtype": "float32", "shape": [batch, cfg.channels, f"height*{s}", f"width*{s}"],
+                {"name": "y", "dtype": "float32", "shape": [batch, cfg.channels, "out_height", "out_width"],
+                 "out_height": f"height*{s}", "out_width": f"width*{s}",
                  "range": [0.0, 1.0], "meaning": "restored patches (clip to [0, 1] before quantising)"},
             ],
             "dynamic_axes": dynamic,
@@ -98,17 +100,8 @@ def base_manifest(loaded, conv_form: str, patch_batch: int | None, dynamic: dict
             "patch_size": cfg.patch_size,
             "pooling": "mean over each batch item's full height x width (one patch = one pooling region)"
                        if cfg.sparse else "none (dense model)",
-            "tiling": {
-                "reference": {
-                    "whole_image_if_side_below": 4 * cfg.patch_size if cfg.sparse else None,
-                    "patch": cfg.patch_size,
-                    "reflect_pad": REFERENCE_PAD,
-                    "stride": reference_stride(cfg.patch_size),
-                    "strip_weight": STRIP_WEIGHT,
-                    "blend": "weighted mean of patch centres (pad ring dropped); main grid weight 1, "
-                             "top/right/bottom/left border strips weight 0.3",
-                },
-            },
+            "tiling": tiling_parameters(cfg),
+            "host": host_rules(cfg),
         },
         "conv_form": conv_form,
     }

@@ -18,11 +18,10 @@ from nsr_deploy.capabilities import AUTO_FORM, FORM_CHOICES, ORT_ONLY_FORMS, STA
 from nsr_deploy.checks.results import GateResult
 from nsr_deploy.errors import NSRError
 from nsr_deploy.exporters.common import base_manifest, sha256_bytes, tool_versions
-from nsr_deploy.exporters.onnx_graph import DEFAULT_PATCH_BATCH, build_onnx, dynamic_axes
+from nsr_deploy.exporters.onnx_graph import DEFAULT_PATCH_BATCH, MODEL_FILE, build_onnx, dynamic_axes
 from nsr_deploy.exporters.target import Artifact
 
 OPSETS = range(13, 21)  # Softmax over one axis from 13; the legacy exporter stops at 20
-MODEL_FILE = "model.onnx"
 NAME = "onnx"
 STAGES = ["choose", "rewrite", "trace", "simplify", "check", "parity"]
 LOAD_TIME_NOTE = ("ONNX Runtime on CPUs with NCHWc kernels (x86) rewrites it into its blocked form for the CPU it "

@@ -18,6 +18,7 @@ from nsr_deploy.models.deploy import DeployNet
 
 DEFAULT_OPSET = 17
 DEFAULT_PATCH_BATCH = 16
+MODEL_FILE = "model.onnx"
 STATIC_FORMS = STATIC_BATCH_FORMS
 
 
@@ -48,6 +49,10 @@ def _finish(model, loaded, conv_form: str, patch_batch: int | None, full_check: 
     model.producer_version = __version__
     model.doc_string = f"{cfg.kind} {cfg.task}, conv form {conv_form}"
     contract = base_manifest(loaded, conv_form, patch_batch, dynamic_axes(conv_form))
+    # the file's own entry (no sha256: a file cannot hold its own digest), so a bare model.onnx says
+    # how it is run as a manifest's targets would
+    contract["targets"] = {"onnx": {"file": MODEL_FILE, "precision": "fp32", "runtime": "onnxruntime",
+                                    "conv_form": conv_form, "static_batch": patch_batch}}
     props = {p.key: p.value for p in model.metadata_props}
     props["nsr_manifest"] = json.dumps(contract, sort_keys=True)
     onnx.helper.set_model_props(model, props)

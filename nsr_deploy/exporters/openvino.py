@@ -52,7 +52,7 @@ MUST_RUN_F32 = ("softmax", "kernel_mixing")
 RUNTIME_PRECISION_NOTE = ("per op role, the runtimePrecision the CPU plugin's runtime graph reports; on ops with "
                           "weights 'f16' reflects the half weights (their outputs stay f32), 'u8'/'i8' is int8 "
                           "execution")
-CONTRACT_KEYS = ("format", "model", "source", "io", "semantics", "conv_form", "opset")
+CONTRACT_KEYS = ("format", "contract_version", "model", "source", "io", "semantics", "conv_form", "opset")
 
 
 def unavailable() -> str | None:
@@ -116,7 +116,8 @@ def save(model, path: Path, precision: str, contract: dict) -> None:
     from nsr_deploy.runtimes.ov_runner import RT_INFO_ROOT
 
     model.set_rt_info(precision, [RT_INFO_ROOT, "precision"])
-    model.set_rt_info(json.dumps(contract, sort_keys=True), [RT_INFO_ROOT, "manifest"])
+    own = {"openvino": {"file": path.name, "weights": path.with_suffix(".bin").name, "precision": precision}}
+    model.set_rt_info(json.dumps({**contract, "targets": own}, sort_keys=True), [RT_INFO_ROOT, "manifest"])
     ov.save_model(model, str(path), compress_to_fp16=precision == "fp16")
 
 

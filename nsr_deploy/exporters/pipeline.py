@@ -38,6 +38,7 @@ class ExportOptions:
     timing_cache: str | None = None
     force: bool = False
     show_progress: bool = True
+    conformance: bool = False  # write conformance vectors (docs/contract.md) into the folder
 
 
 @dataclass
@@ -166,12 +167,19 @@ def export(loaded, out: str | Path, target: str = "onnx", options: ExportOptions
     for module in modules:  # refuse options a target cannot honour before any work is done
         getattr(module, "validate_options", lambda _: None)(options)
     stage_names = [s for m in modules for s in getattr(m, "STAGES", [m.NAME])]
+    stage_names += ["conformance"] if options.conformance else []
     with atomic_output(out, options.force) as tmp, scratch_folder(out) as scratch:
         stages = Stages(stage_names, options.show_progress)
         ctx = ExportContext(loaded, tmp, options, stages, Path(scratch), targets)
         try:
             for module in modules:
                 run_target(module, ctx)
+            if options.conformance:
+                from nsr_deploy.exporters.conformance import write_vectors
+
+                with stages.stage("conformance"):
+                    ctx.manifest["conformance"] = write_vectors(tmp, ctx.manifest["targets"]["onnx"]["file"],
+                                                                loaded.config, options.threads)
         finally:
             stages.close()
         if skipped:
