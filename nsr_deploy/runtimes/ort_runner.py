@@ -55,6 +55,7 @@ class OrtRunner(Runner):
         self.specialise = specialise
         self.session = None
         self.single = None  # batch-1 session for short calls, or None (pad them)
+        self.session_batch: int | None = None  # the fixed batch of the session that runs (specialised or not)
         self.specialisation: dict | None = None
 
     def _session(self, model):
@@ -86,7 +87,10 @@ class OrtRunner(Runner):
         else:
             self.session = self._session(self.path)
         shape = self.session.get_inputs()[0].shape
-        self.static_batch = shape[0] if isinstance(shape[0], int) else None
+        self.session_batch = shape[0] if isinstance(shape[0], int) else None
+        # the file's own batch, not the specialised session's: the tiling plan (and so every output
+        # pixel) must not depend on whether this CPU could specialise the model
+        self.static_batch = batch if self.specialise and portable else self.session_batch
         self._check_nchwc_block()
 
     def _activate_specialised(self, batch: int | None) -> None:
@@ -128,7 +132,10 @@ class OrtRunner(Runner):
         self.session = self.single = None
 
     def computed_items(self, m: int) -> int:
-        return m if self.single is not None else super().computed_items(m)
+        n = self.session_batch
+        if self.single is not None or n is None:
+            return m
+        return -(-m // n) * n  # short calls padded to the session's fixed batch
 
     def _infer_short(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
         if self.single is None:
@@ -137,7 +144,23 @@ class OrtRunner(Runner):
                                for i in range(len(x))])
 
     def _infer(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        return self.session.run(["y"], {"x": x, "valid": valid})[0]
+        n = self.session_batch
+        if n is None or len(x) == n:
+            return self.session.run(["y"], {"x": x, "valid": valid})[0]
+        # a dynamic-batch file specialised at a fixed batch: full calls, then the rest on the short path
+        full = len(x) - len(x) % n
+        outs = [self.session.run(["y"], {"x": x[i:i + n], "valid": valid[i:i + n]})[0] for i in range(0, full, n)]
+        if full < len(x):
+            outs.append(self._infer_rest(x[full:], valid[full:]))
+        return np.concatenate(outs)
+
+    def _infer_rest(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        if self.single is not None:
+            return self._infer_short(x, valid)
+        n, m = self.session_batch, len(x)
+        xb = np.concatenate([x, np.repeat(x[-1:], n - m, 0)])
+        vb = np.concatenate([valid, np.repeat(valid[-1:], n - m, 0)])
+        return self.session.run(["y"], {"x": xb, "valid": vb})[0][:m]
 
     def describe(self) -> dict:
         return {**super().describe(), "specialisation": self.specialisation}
