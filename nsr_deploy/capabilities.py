@@ -59,7 +59,7 @@ BACKEND_TABLE = (
     Backend("tensorrt", "nsr_deploy.runtimes.trt_runner", "TrtRunner", "tensorrt", ".engine", DEPLOY_FORMS, "gpu",
             False, False),
     Backend("ncnn", "nsr_deploy.runtimes.ncnn_runner", "NcnnRunner", "ncnn", ".param", DEPLOY_FORMS, "cpu",
-            False, False),
+            False, True),
 )
 BACKENDS = {b.name: b for b in BACKEND_TABLE}
 BACKEND_NAMES = tuple(BACKENDS)  # the bench's and the CLI's order
