@@ -16,7 +16,8 @@ FORM_NOT_HERE = {"nchwc": "ONNX Runtime's internal NCHWc ops: only ONNX Runtime 
 THREAD_KNOB = {"torch": "torch.set_num_threads({n})",
                "onnxruntime": "SessionOptions.intra_op_num_threads={n}, inter_op_num_threads=1",
                "openvino": "INFERENCE_NUM_THREADS={n}, PERFORMANCE_HINT=LATENCY (one stream)",
-               "tensorrt": "n/a (GPU)"}
+               "tensorrt": "n/a (GPU)",
+               "ncnn": "Net.opt.num_threads={n}, one patch per extractor call"}
 
 
 @dataclass(frozen=True)

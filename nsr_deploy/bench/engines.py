@@ -160,7 +160,22 @@ class EngineFactory:
                        specialise=spec.form == AT_LOAD_FORM and not spec.twin)
         if target == "openvino":
             return cls(str(self.ir_path(spec.form, spec.precision, spec.twin)), self.threads, cache=False)
-        raise NSRError(f"the bench cannot build {spec.backend} engines")
+        if target is None:
+            raise NSRError(f"the bench cannot build {spec.backend} engines")
+        return cls(str(self.engine_path(target, spec.form, spec.precision, spec.twin)), self.threads)
+
+    def engine_path(self, target: str, form: str, precision: str, twin: bool = False) -> Path:
+        """Any other target's engine file, built by its own build step (ungated) beside the ONNX model."""
+        form = TWIN_FORM if twin else form
+
+        def build() -> Path:
+            from nsr_deploy.exporters.pipeline import build_ungated
+
+            folder = self.scratch / f"{'twin' if twin else 'model'}-{target}-{form}-{precision}"
+            return build_ungated(self.twin if twin else self.loaded, folder, target,
+                                 self._options(form, precision), (self._onnx(form, twin),)).path
+
+        return self._built((target, form, precision, twin), build)
 
 
 def form_unavailable(form: str, config) -> str | None:

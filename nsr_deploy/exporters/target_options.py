@@ -15,6 +15,7 @@ HONOURED = {
     "openvino": {"precision": PRECISIONS_OF_TARGET["openvino"], "calib": True, "gate_images": True},
     "tensorrt": {"precision": PRECISIONS_OF_TARGET["tensorrt"], "batch_profile": True, "workspace_mib": True,
                  "timing_cache": True},
+    "ncnn": {"precision": PRECISIONS_OF_TARGET["ncnn"]},
 }
 FLAGS = {"precision": "--precision", "calib": "--calib", "gate_images": "--gate-images",
          "batch_profile": "--batch-profile", "workspace_mib": "--workspace", "timing_cache": "--timing-cache"}
