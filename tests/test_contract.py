@@ -111,8 +111,18 @@ def documented_plan(h, w, tiling: dict, mode: str, batch):
     ycut = [round(i * h / rows) for i in range(rows + 1)]
     xcut = [round(i * w / cols) for i in range(cols + 1)]
     size = (max(np.diff(ycut)) + 2 * halo, max(np.diff(xcut)) + 2 * halo)
-    return size, [(y0 - halo, x0 - halo, halo, halo, halo + y1 - y0, halo + x1 - x0, 1.0)
-                  for y0, y1 in zip(ycut, ycut[1:]) for x0, x1 in zip(xcut, xcut[1:])]
+    assert t["border"] == "clamp"
+
+    def place(start, window, extent):
+        return min(max(0, start - halo), max(0, extent - window))
+
+    windows = []
+    for y0, y1 in zip(ycut, ycut[1:]):
+        wy = place(y0, size[0], h)
+        for x0, x1 in zip(xcut, xcut[1:]):
+            wx = place(x0, size[1], w)
+            windows.append((wy, wx, y0 - wy, x0 - wx, y1 - wy, x1 - wx, 1.0))
+    return size, windows
 
 
 @pytest.mark.parametrize("mode", ["reference", "cells"])

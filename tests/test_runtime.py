@@ -190,6 +190,20 @@ def test_plans_compute_budget_and_coverage():
     assert cells_plan(150, 900, 48).whole_image  # a side below 4 patches: the reference pools it whole
 
 
+def test_cells_windows_stay_inside_the_image_unless_asked_to_reflect():
+    """Clamped windows: no padding, so every conv zero-pads at the image edge as on a whole image."""
+    for h, w in [(192, 192), (241, 241), (321, 481), (1000, 750)]:
+        clamped, reflected = cells_plan(h, w, 48), cells_plan(h, w, 48, border="reflect")
+        assert clamped.pad == 0 and reflected.pad >= 3
+        assert (clamped.window_h, clamped.window_w) == (reflected.window_h, reflected.window_w)
+        for t in clamped.tiles:
+            assert 0 <= t.y <= h - clamped.window_h and 0 <= t.x <= w - clamped.window_w
+        kept = {(t.y + t.ky0, t.x + t.kx0, t.y + t.ky1, t.x + t.kx1) for t in clamped.tiles}
+        assert kept == {(t.y + t.ky0, t.x + t.kx0, t.y + t.ky1, t.x + t.kx1) for t in reflected.tiles}
+    with pytest.raises(ValueError, match="border"):
+        cells_plan(256, 256, 48, border="zero")
+
+
 def _computed_with_padding(plan, batch: int) -> int:
     return math.ceil(len(plan.tiles) / batch) * batch * plan.window_h * plan.window_w
 

@@ -9,6 +9,22 @@ Random 48x48 input patches with flips and rotations, L1 loss, Adam (lr 1e-3) dec
 are made on the fly with nsr_deploy.degrade, the functions the bench measures with. Everything is
 seeded; a run resumes from ``RUN_DIR/state.pt`` when interrupted. The last 4 photos (sorted by name)
 are held out for validation. The result is written as a native model (safetensors + JSON).
+
+Border patches (``--border-fraction`` of each batch): the reference evaluates an image of 192 pixels
+or more in patches cut from the image reflect-padded by 4, while the skip branch sees zeros beyond
+the image. A plain random crop never shows the body that case (it sees zero padding wherever the
+skip does), and a model trained only on such crops darkens and tints the outer pixels of every
+large image. So some patches sit on an image side or corner, reflect-padded by 1-4 pixels there,
+the skip's input masked to the image (``valid``) and the loss taken on image pixels only.
+
+The 5x5 skip conv of an SR model runs on the whole image with zero padding in the reference's
+evaluation, while the tiles of the body see reflected content there: the body cannot tell that the
+skip is wrong at the image border. ``--skip-support 1`` keeps only the centre tap of the skip
+kernel (the rest stays zero: the file keeps the reference's 5x5 layout), so zero padding cannot
+reach it and the body does the interpolation.
+
+    python tools/train_default.py sr-x2 --init sr-x2 --skip-support 1 --steps 1200 --lr 2e-4   # fine-tune
+    python tools/train_default.py jpeg-q10 --init denoise-s25                  # warm start
 """
 
 from __future__ import annotations
@@ -28,15 +44,17 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from nsr_deploy.checks.frame import border_gap  # noqa: E402
 from nsr_deploy.checks.metrics import psnr  # noqa: E402
 from nsr_deploy.config import NSRConfig  # noqa: E402
 from nsr_deploy.degrade import add_noise, bicubic_down, bicubic_up, jpeg, modcrop, to_grey  # noqa: E402
-from nsr_deploy.models.checkpoint import save_native  # noqa: E402
+from nsr_deploy.models.checkpoint import load_model, save_native, unfold_weight_norm  # noqa: E402
 from nsr_deploy.models.network import NSRNet  # noqa: E402
 from nsr_deploy.models.reference import reference_forward  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "CSun_Hays80"
 HOLD_OUT = 4
+BORDER_PAD = 4  # the reference's reflect padding (runtimes.geometry.REFERENCE_PAD)
 
 # Sized to stay under 2 MB of fp32 weights and to train in about an hour per model on 2 cores.
 PRESETS = {
@@ -79,25 +97,46 @@ class TaskData:
             return add_noise(src, self.p["sigma"], rng)
         return src.astype(np.float32) / 255.0
 
-    def batch(self, rng: np.random.Generator, ids: list[int], n: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
+    def crop(self, i: int, rng: np.random.Generator, patch: int, border: bool):
+        """(input, target, valid) for one patch of photo ``i``; ``border``: on an image side or corner,
+        reflect-padded there as the reference pads (valid = 0 on the padding)."""
         s = self.scale
-        for _ in range(n):
+        src, clean = self.source[i], self.clean[i]
+        pads = [(0, 0), (0, 0)]
+        while border and pads == [(0, 0), (0, 0)]:
+            for axis in (0, 1):
+                side = int(rng.integers(3))  # 0: inside, 1: first edge, 2: last edge
+                amount = int(rng.integers(1, BORDER_PAD + 1))
+                pads[axis] = (amount, 0) if side == 1 else (0, amount) if side == 2 else (0, 0)
+        inner = [patch - a - b for a, b in pads]
+        y0 = 0 if pads[0][0] else src.shape[0] - inner[0] if pads[0][1] else int(rng.integers(src.shape[0] - patch + 1))
+        x0 = 0 if pads[1][0] else src.shape[1] - inner[1] if pads[1][1] else int(rng.integers(src.shape[1] - patch + 1))
+        x = self.degrade_patch(src[y0:y0 + inner[0], x0:x0 + inner[1]], rng)
+        y = clean[s * y0:s * (y0 + inner[0]), s * x0:s * (x0 + inner[1])].astype(np.float32) / 255.0
+        valid = np.ones((*inner, 1), np.float32)
+        if border:
+            x = np.pad(x, (*pads, (0, 0)), mode="reflect")
+            y = np.pad(y, ((s * pads[0][0], s * pads[0][1]), (s * pads[1][0], s * pads[1][1]), (0, 0)), mode="reflect")
+            valid = np.pad(valid, (*pads, (0, 0)))
+        return x, y, valid
+
+    def batch(self, rng: np.random.Generator, ids: list[int], n: int, patch: int,
+              border_fraction: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        xs, ys, vs = [], [], []
+        n_border = int(round(n * border_fraction))
+        for j in range(n):
             i = ids[int(rng.integers(len(ids)))]
-            src, clean = self.source[i], self.clean[i]
-            y0 = int(rng.integers(src.shape[0] - patch + 1))
-            x0 = int(rng.integers(src.shape[1] - patch + 1))
-            x = self.degrade_patch(src[y0:y0 + patch, x0:x0 + patch], rng)
-            y = clean[s * y0:s * (y0 + patch), s * x0:s * (x0 + patch)].astype(np.float32) / 255.0
+            x, y, v = self.crop(i, rng, patch, border=j < n_border)
             k = int(rng.integers(8))  # one of the 8 flips/rotations
-            x, y = np.rot90(x, k % 4), np.rot90(y, k % 4)
+            x, y, v = np.rot90(x, k % 4), np.rot90(y, k % 4), np.rot90(v, k % 4)
             if k >= 4:
-                x, y = x[:, ::-1], y[:, ::-1]
+                x, y, v = x[:, ::-1], y[:, ::-1], v[:, ::-1]
             xs.append(np.ascontiguousarray(x.transpose(2, 0, 1)))
             ys.append(np.ascontiguousarray(y.transpose(2, 0, 1)))
-        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+            vs.append(np.ascontiguousarray(v.transpose(2, 0, 1)))
+        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), torch.from_numpy(np.stack(vs))
 
-    def validation_pair(self, i: int, rng: np.random.Generator, size: int = 160):
+    def validation_pair(self, i: int, rng: np.random.Generator, size: int = 200):
         """(model input float, ground truth uint8, classic baseline uint8) for one held-out photo."""
         s = self.scale
         src, clean = self.source[i], self.clean[i]
@@ -109,10 +148,12 @@ class TaskData:
         return x, gt, base
 
 
-def evaluate(net: NSRNet, data: TaskData, val_ids: list[int], seed: int) -> tuple[float, float]:
+def evaluate(net: NSRNet, data: TaskData, val_ids: list[int], seed: int) -> tuple[float, float, float]:
+    """Held-out (PSNR, baseline PSNR, border gap): 200x200 crops, so the reference tiles them and the
+    gap (interior margin over the baseline minus the frame's, dB) shows a border fringe."""
     rng = np.random.default_rng(seed)
     net.eval()
-    ours, base = [], []
+    ours, base, gaps = [], [], []
     shave = data.scale if data.scale > 1 else 0
     for i in val_ids:
         x, gt, b = data.validation_pair(i, rng)
@@ -121,8 +162,37 @@ def evaluate(net: NSRNet, data: TaskData, val_ids: list[int], seed: int) -> tupl
         out = np.clip(np.round(y.numpy().transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
         ours.append(psnr(out, gt, shave))
         base.append(psnr(b, gt, shave))
+        frame, interior = border_gap(out, b, gt)
+        gaps.append(interior - frame)
     net.train()
-    return float(np.mean(ours)), float(np.mean(base))
+    return float(np.mean(ours)), float(np.mean(base)), float(np.mean(gaps))
+
+
+def masked_l1(out: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, scale: int) -> torch.Tensor:
+    """L1 on image pixels only (``valid`` at input resolution; 0 on reflect padding)."""
+    if scale > 1:
+        valid = valid.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    return ((out - target).abs() * valid).sum() / (valid.sum() * out.shape[1])
+
+
+def skip_limiter(net: NSRNet, support: int):
+    """A function that zeroes the skip kernel outside its centre ``support`` x ``support`` taps (after
+    each step: Adam would regrow them). The kept taps keep their effective values."""
+    if not len(net.skip) or support >= net.skip[0].kernel_size:
+        return lambda: None
+    conv = net.skip[0]
+    k, r = conv.kernel_size, (conv.kernel_size - support) // 2
+    mask = torch.zeros(1, 1, k, k)
+    mask[..., r:k - r, r:k - r] = 1
+    with torch.no_grad():  # g = ||masked w||, v = masked w: the centre taps as they were
+        w = conv.effective_weight() * mask
+        conv.weight_v.copy_(w)
+        conv.weight_g.copy_(w.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+
+    def limit() -> None:
+        with torch.no_grad():
+            conv.weight_v.mul_(mask)
+    return limit
 
 
 def main(argv=None) -> int:
@@ -134,8 +204,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=1000)
+    ap.add_argument("--init", help="start from this model's weights (a bundled name or a file): fine-tuning")
+    ap.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (default 1e-3)")
+    ap.add_argument("--border-fraction", type=float, default=0.25,
+                    help="share of each batch cut at image borders, reflect-padded as the reference pads")
+    ap.add_argument("--skip-support", type=int, choices=(1, 3, 5), default=5,
+                    help="taps of the skip conv's kernel kept (the centre NxN; default all 5x5)")
     args = ap.parse_args(argv)
 
+    command = sys.argv[1:] if argv is None else argv
     preset = dict(PRESETS[args.name])
     steps = args.steps or preset["steps"]
     torch.set_num_threads(args.threads)
@@ -144,7 +221,14 @@ def main(argv=None) -> int:
                     units=preset["units"], block_width=preset["block_width"], groups=preset["k"],
                     cardinals=preset["d"], sparse=True)
     net = NSRNet(cfg, weight_norm=True)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    if args.init:
+        start_from = load_model(args.init)
+        if start_from.config != cfg:
+            sys.exit(f"--init {args.init}: its configuration differs from the preset {args.name}")
+        net.load_state_dict(unfold_weight_norm(start_from.net.state_dict()))
+    limit_skip = skip_limiter(net, args.skip_support)
+    limit_skip()
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [steps * 2 // 3, steps * 5 // 6], gamma=0.2)
     rng = np.random.default_rng(args.seed)
     run_dir = args.run_dir or ROOT / "runs" / args.name
@@ -167,24 +251,24 @@ def main(argv=None) -> int:
     train_ids = list(range(len(imgs) - HOLD_OUT))
     val_ids = list(range(len(imgs) - HOLD_OUT, len(imgs)))
 
-    loss_fn = torch.nn.L1Loss()
     t0 = time.time() - elapsed
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=args.name, dynamic_ncols=True)
     running = None
-    val = (math.nan, math.nan)
+    val = (math.nan, math.nan, math.nan)
     for step in bar:
-        x, y = data.batch(rng, train_ids, preset["batch"], cfg.patch_size)
-        loss = loss_fn(net(x), y)
+        x, y, valid = data.batch(rng, train_ids, preset["batch"], cfg.patch_size, args.border_fraction)
+        loss = masked_l1(net.finish(net.head_tail(x - cfg.image_mean, valid)), y, valid, cfg.scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        limit_skip()
         sched.step()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         done = step + 1
         if done % args.eval_every == 0 or done == steps:
             val = evaluate(net, data, val_ids, args.seed)
         bar.set_postfix(loss=f"{running:.4f}", lr=f"{sched.get_last_lr()[0]:.1e}",
-                        val=f"{val[0]:.2f}/{val[1]:.2f}dB")
+                        val=f"{val[0]:.2f}/{val[1]:.2f}dB", gap=f"{val[2]:.2f}dB")
         if done % 200 == 0 or done == steps:
             torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()}, state_path)
@@ -208,9 +292,12 @@ def main(argv=None) -> int:
         "training": {
             "data": f"CSun_Hays80 (first {len(train_ids)} photos by name; last {HOLD_OUT} held out)",
             "steps": steps, "batch": preset["batch"], "patch": cfg.patch_size, "seed": args.seed,
-            "loss": "L1", "optimizer": "Adam lr 1e-3, x0.2 at 2/3 and 5/6", "minutes": round(minutes, 1),
-            "threads": args.threads, "command": f"python tools/train_default.py {args.name}",
+            "loss": "L1 on image pixels", "optimizer": f"Adam lr {args.lr:g}, x0.2 at 2/3 and 5/6",
+            "init": args.init, "border_fraction": args.border_fraction, "skip_support": args.skip_support,
+            "minutes": round(minutes, 1),
+            "threads": args.threads, "command": " ".join(["python tools/train_default.py", *command]),
             "held_out_psnr": round(val[0], 3), "held_out_baseline_psnr": round(val[1], 3),
+            "held_out_border_gap_db": round(val[2], 3),
         },
     }
     st, js = save_native(deploy, args.out / args.name, meta)

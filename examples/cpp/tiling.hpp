@@ -77,10 +77,17 @@ inline Plan cells_plan(int h, int w, const mini_json::Value& t, int batch) {
   for (int i = 0; i < rows; ++i) ch = std::max(ch, yc[i + 1] - yc[i]);
   for (int j = 0; j < cols; ++j) cw = std::max(cw, xc[j + 1] - xc[j]);
   Plan plan{ch + 2 * halo, cw + 2 * halo, {}, false};
-  for (int i = 0; i < rows; ++i)
-    for (int j = 0; j < cols; ++j)
-      plan.windows.push_back({yc[i] - halo, xc[j] - halo, halo, halo, halo + yc[i + 1] - yc[i],
-                              halo + xc[j + 1] - xc[j], 1.0});
+  // border "clamp": windows stay inside the image (the halo moves inwards), see docs/contract.md
+  auto place = [halo](int start, int window, int size) {
+    return std::min(std::max(0, start - halo), std::max(0, size - window));
+  };
+  for (int i = 0; i < rows; ++i) {
+    int wy = place(yc[i], plan.window_h, h);
+    for (int j = 0; j < cols; ++j) {
+      int wx = place(xc[j], plan.window_w, w);
+      plan.windows.push_back({wy, wx, yc[i] - wy, xc[j] - wx, yc[i + 1] - wy, xc[j + 1] - wx, 1.0});
+    }
+  }
   return plan;
 }
 

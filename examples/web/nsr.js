@@ -57,11 +57,18 @@ function cellsPlan(h, w, t, batch) {
   let chMax = 0, cwMax = 0;
   for (let i = 0; i < rows; i++) chMax = Math.max(chMax, yc[i + 1] - yc[i]);
   for (let j = 0; j < cols; j++) cwMax = Math.max(cwMax, xc[j + 1] - xc[j]);
+  const wh = chMax + 2 * halo, ww = cwMax + 2 * halo;
+  // border "clamp": windows stay inside the image (the halo moves inwards), see docs/contract.md
+  const place = (start, win, size) => Math.min(Math.max(0, start - halo), Math.max(0, size - win));
   const windows = [];
-  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) {
-    windows.push([yc[i] - halo, xc[j] - halo, halo, halo, halo + yc[i + 1] - yc[i], halo + xc[j + 1] - xc[j], 1]);
+  for (let i = 0; i < rows; i++) {
+    const wy = place(yc[i], wh, h);
+    for (let j = 0; j < cols; j++) {
+      const wx = place(xc[j], ww, w);
+      windows.push([wy, wx, yc[i] - wy, xc[j] - wx, yc[i + 1] - wy, xc[j + 1] - wx, 1]);
+    }
   }
-  return { wh: chMax + 2 * halo, ww: cwMax + 2 * halo, overlapping: false, windows };
+  return { wh, ww, overlapping: false, windows };
 }
 
 export function makePlan(mode, h, w, semantics, batch) {

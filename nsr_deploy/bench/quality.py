@@ -2,8 +2,9 @@
 
 As the paper's Tables 4-6: super-resolution on CSet5 and CSet14 (bicubic downscaling; PSNR and SSIM
 on the Y channel with ``scale`` border pixels shaved), denoising on BSD68 at sigma 15 / 25 / 50
-(additive Gaussian noise, unclipped, the DnCNN protocol) and JPEG deblocking on BSD68 at quality 10 /
-20 / 30 / 40, grey, nothing shaved. Outputs are rounded to 8 bits before scoring. Degradations are
+(additive Gaussian noise, unclipped, the DnCNN protocol) and JPEG deblocking on BSD68 and CSet14 at
+quality 10 / 20 / 30 / 40, nothing shaved (a grey model sees the sets in grey). Outputs are rounded
+to 8 bits before scoring. Degradations are
 :mod:`nsr_deploy.degrade`'s, the ones the bundled models were trained with (through
 ``checks.task.degrade``, shared with the int8 gate), with a fixed noise seed.
 
@@ -82,7 +83,8 @@ class QualitySuite:
     def datasets(self) -> list[tuple[str, int | None]]:
         if self.task.kind == "sr":
             return [(name, self.q.max_images_sr) for name in self.q.sr_sets]
-        return [(self.q.grey_set, self.q.max_images_grey)]
+        extra = self.q.jpeg_extra_sets if self.task.kind == "jpeg" else ()
+        return [(self.q.grey_set, self.q.max_images_grey), *[(name, self.q.max_images_sr) for name in extra]]
 
     def available_datasets(self) -> list[tuple[str, int | None]]:
         data = self.ctx.settings.data_dir

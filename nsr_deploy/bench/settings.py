@@ -90,10 +90,12 @@ class ModelProtocol:
 
 @dataclass(frozen=True)
 class QualityProtocol:
-    """PSNR / SSIM as the paper's Tables 4-6: SR on CSet5 and CSet14, denoising and JPEG on BSD68."""
+    """PSNR / SSIM as the paper's Tables 4-6: SR on CSet5 and CSet14, denoising on BSD68, JPEG on BSD68
+    and CSet14 (stand-ins for Classic5 and LIVE1; grey for a grey model)."""
 
     sr_sets: tuple[str, ...] = ("CSet5", "CSet14")
     grey_set: str = "BSD68"
+    jpeg_extra_sets: tuple[str, ...] = ("CSet14",)  # all images each, as the SR sets
     sigmas: tuple[float, ...] = (15, 25, 50)
     qualities: tuple[int, ...] = (10, 20, 30, 40)
     max_images_sr: int | None = None  # per set; None: all

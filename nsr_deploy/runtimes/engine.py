@@ -14,7 +14,7 @@ from nsr_deploy.config import NSRConfig
 from nsr_deploy.errors import NSRError
 from nsr_deploy.runtimes.base import Runner
 from nsr_deploy.runtimes.contract import check_engine_output
-from nsr_deploy.runtimes.tiling import Assembler, Padded, batches, make_plan
+from nsr_deploy.runtimes.tiling import CELL_BORDERS, Assembler, Padded, batches, make_plan
 
 TILINGS = ("reference", "cells")
 DEFAULT_TILE_BATCH = 16
@@ -30,9 +30,12 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 
 class Engine:
     def __init__(self, runner: Runner, config: NSRConfig, tiling: str = "reference",
-                 tile_batch: int | None = None, manifest: dict | None = None):
+                 tile_batch: int | None = None, manifest: dict | None = None, border: str = "clamp"):
         if tiling not in TILINGS:
             raise NSRError(f"unknown tiling {tiling!r} (choose from {', '.join(TILINGS)})")
+        if border not in CELL_BORDERS:
+            raise NSRError(f"unknown border {border!r} (choose from {', '.join(CELL_BORDERS)})")
+        self.border = border  # cells only: the reference tiling always reflects (it must stay exact)
         self.runner = runner
         self.config = config
         self.tiling = tiling
@@ -85,7 +88,7 @@ class Engine:
         if not self.runner.active:
             self.runner.activate()  # a fixed batch is known once the engine is loaded; cells fill it
         return make_plan(self.tiling, height, width, cfg.patch_size, cfg.sparse, cfg.receptive_radius(),
-                         self.runner.static_batch)
+                         self.runner.static_batch, self.border)
 
     def restore_chw(self, x: np.ndarray) -> np.ndarray:
         """float32 ``[C, H, W]`` -> float32 ``[C, H*s, W*s]``."""

@@ -37,6 +37,7 @@ def tiling_parameters(cfg) -> dict:
             "whole_image_rule": "whole image when height < this OR width < this",
             "cell_max": CELL_MAX,
             "halo": CELL_HALO,
+            "border": "clamp",
             "grid_slack": GRID_SLACK,
             "min_cell": cfg.patch_size,
             "blend": "none: each cell's output is written straight through",

@@ -7,8 +7,13 @@ together), the part of each window that is kept, and a blend weight:
                ``4 * patch`` are one patch; larger ones are cut into overlapping patches of the
                reflect-padded image whose centres are averaged with the trainer's weights.
 ``cells``      the fast mode: non-overlapping cells, each run inside a window that adds a thin halo
-               (reflect-padded at the image border) and is pooled as one patch. It computes about
-               1.1-1.3x the image's pixels where ``reference`` computes about 2.6x.
+               and is pooled as one patch. It computes about 1.1-1.3x the image's pixels where
+               ``reference`` computes about 2.6x. At the image border its windows are ``clamp``-ed
+               inside the image (the halo goes to the inner side), so every conv zero-pads at the
+               image edge as on a whole image and at the edges of every training crop. The
+               reference's reflect padding there (``border="reflect"``) shows the body content
+               where the skip sees zeros, which the bundled models never met in training: a dark,
+               tinted fringe 2-4 pixels wide (``nsr_deploy.checks.frame`` measures it).
 ``exact``      dense models (no pooling): windows that hold each tile's whole receptive field and
                stay inside the image, so tiled equals whole-image output exactly.
 
@@ -29,6 +34,7 @@ from nsr_deploy.runtimes.geometry import REFERENCE_PAD, reference_windows, uses_
 
 CELL_MAX = 80  # largest cell side of the ``cells`` mode (window = cell + 2 * halo)
 CELL_HALO = 3
+CELL_BORDERS = ("clamp", "reflect")  # what ``cells`` windows do at the image border
 GRID_SLACK = 2  # extra rows / columns of cells tried to fill a fixed-batch engine's calls
 TILE_TARGET = 192  # tile side for exact tiling of dense models
 
@@ -121,9 +127,10 @@ def _cell_grid(height: int, width: int, patch: int, cell_max: int, halo: int, ba
 
 
 def cells_plan(height: int, width: int, patch: int, cell_max: int = CELL_MAX, halo: int = CELL_HALO,
-               batch: int | None = None) -> Plan:
+               batch: int | None = None, border: str = "clamp") -> Plan:
     """Non-overlapping cells with a ``halo`` of context, each pooled as one patch; ``batch``: the
-    engine's fixed batch, if it has one (see :func:`_cell_grid`).
+    engine's fixed batch, if it has one (see :func:`_cell_grid`); ``border``: ``clamp`` windows
+    inside the image or ``reflect``-pad it (see the module docstring).
 
     Images the reference pools whole (a side below ``4 * patch``) stay whole: that is the
     reference's own result and computes each pixel once.
@@ -134,12 +141,23 @@ def cells_plan(height: int, width: int, patch: int, cell_max: int = CELL_MAX, ha
     rows, cols = _splits(height, n_rows), _splits(width, n_cols)
     ch = max(b - a for a, b in rows)
     cw = max(b - a for a, b in cols)
+    if border not in CELL_BORDERS:
+        raise ValueError(f"unknown border {border!r} (choose from {', '.join(CELL_BORDERS)})")
+    wh, ww = ch + 2 * halo, cw + 2 * halo
+
+    def place(start: int, window: int, size: int) -> int:
+        if border == "reflect":
+            return start - halo
+        return min(max(0, start - halo), max(0, size - window))
+
     tiles = []
     for y0, y1 in rows:
+        wy = place(y0, wh, height)
         for x0, x1 in cols:
-            # every window is (ch + 2 halo) x (cw + 2 halo); shorter cells keep their top-left
-            tiles.append(Tile(y0 - halo, x0 - halo, halo, halo, halo + y1 - y0, halo + x1 - x0))
-    return Plan("cells", height, width, ch + 2 * halo, cw + 2 * halo, tuple(tiles), False)
+            # every window is wh x ww; shorter cells keep their top-left
+            wx = place(x0, ww, width)
+            tiles.append(Tile(wy, wx, y0 - wy, x0 - wx, y1 - wy, x1 - wx))
+    return Plan("cells", height, width, wh, ww, tuple(tiles), False)
 
 
 def exact_plan(height: int, width: int, radius: int, tile: int = TILE_TARGET) -> Plan:
@@ -160,14 +178,15 @@ def exact_plan(height: int, width: int, radius: int, tile: int = TILE_TARGET) ->
 
 
 def make_plan(mode: str, height: int, width: int, patch: int, sparse: bool, radius: int,
-              batch: int | None = None) -> Plan:
-    """The plan of ``mode``; ``batch``: the engine's fixed batch, if any (``cells`` fills its calls)."""
+              batch: int | None = None, border: str = "clamp") -> Plan:
+    """The plan of ``mode``; ``batch``: the engine's fixed batch, if any (``cells`` fills its calls);
+    ``border``: what ``cells`` does at the image border (``reference`` always reflects)."""
     if not sparse:  # no pooling: every mode is the exact whole-image result, tiled to bound memory
         return exact_plan(height, width, radius)
     if mode == "reference":
         return reference_plan(height, width, patch)
     if mode == "cells":
-        return cells_plan(height, width, patch, batch=batch)
+        return cells_plan(height, width, patch, batch=batch, border=border)
     raise ValueError(f"unknown tiling {mode!r}")
 
 
