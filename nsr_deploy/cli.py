@@ -171,7 +171,8 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
                        f"{'ok' if check['passed'] else 'FAIL'}  {check.get('detail', '')}")
     for name, why in manifest.get("skipped_targets", {}).items():
         click.echo(f"skipped {name}: {why}")
-    files = ", ".join(t["file"] for t in manifest["targets"].values())
+    # an engine's weights file (OpenVINO's .bin, ncnn's .bin) ships with it: name both
+    files = ", ".join(f for t in manifest["targets"].values() for f in (t["file"], t.get("weights")) if f)
     click.echo(f"wrote {out}/ ({files}, nsr.json)")
     for name, places in manifest.get("runs_on", {}).items():
         for place in places:
