@@ -4,6 +4,7 @@ how fast (issue 18, part 2). Two studies, timed in interleaved rounds (nsr_deplo
 
     python tools/int8_study.py layer     # one sparse conv (64->64, k=4, d=16, 16 patches 48x48)
     python tools/int8_study.py model     # EDSR+NSR x2 (16 blocks, 64 units, k=4, d=16), 16 patches 48x48
+    python tools/int8_study.py floor     # 16 residual blocks of int8 convs alone: the layouts' floor
 
 ``layer`` prints, per formulation, the conv / matmul kernels the compiled model runs (oneDNN's
 primitive names: ``*_I8`` / ``*_i8`` is int8, ``*_f32`` float) and its latency against the dense
@@ -187,6 +188,7 @@ def model_study() -> None:
     facing = ("body.0", "body.17", "skip.0")
     models["sparse folded int8 (head/tail/skip f32)"] = build_graph(
         EDSR_NSR_X2, convs, n, {k: r for k, r in ranges.items() if k not in facing})
+    models["sparse split int8 (all convs)"] = build_graph(EDSR_NSR_X2, convs, n, ranges, layout="split")
     x = {"x": tiles[:n], "valid": np.ones((n, 1, p, p), np.float32)}
     calls = {}
     for k, m in models.items():
@@ -198,6 +200,77 @@ def model_study() -> None:
     report(measure_interleaved(calls, runs=30, warmup=2, rounds=5), "twin fp32", "twin int8 (NNCF)")
 
 
+def floor_study() -> None:
+    """16 blocks of u8 x i8 3x3 convs (64 ch, 16 patches 48x48), no routing at all: the twin's batched
+    convs vs the same convs with per-patch weights (constant, or fed at run time) folded into one
+    GroupConvolution or split into one Convolution per patch. What a sparse graph cannot beat."""
+    from collections import Counter
+
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from nsr_deploy.timing import measure_interleaved
+
+    core = ov.Core()
+    N, C, H, W, B = 16, 64, 48, 48, 16
+    rng = np.random.default_rng(0)
+    def c(v, dt=np.float32): return ops.constant(np.array(v, dt))
+    def fq(x, lo, hi, levels=256):
+        return ops.fake_quantize(x, c(lo), c(hi), c(lo), c(hi), levels)
+    Wc = (rng.standard_normal((C, C, 3, 3)) * 0.03).astype(np.float32)
+    bias = c(np.full((1, C, 1, 1), 0.01))
+    def wq(w): return fq(w, -0.2, 0.2, 255)
+    def conv_batched(x): return ops.add(ops.convolution(x, wq(c(Wc)), [1,1],[1,1],[1,1],[1,1]), bias)
+    def conv_folded(x, w):  # x [1, N*C, H, W]
+        y = ops.group_convolution(x, wq(w), [1,1],[1,1],[1,1],[1,1])
+        return ops.add(y, c(np.full((1, N * C, 1, 1), 0.01)))
+    def conv_split(x, w):  # x [N, C, H, W], w [N, C, C, 3, 3]
+        xs = ops.split(x, c(0, np.int64), N).outputs()
+        ws = ops.split(w, c(0, np.int64), N).outputs()
+        ys = [ops.convolution(xi, wq(ops.squeeze(wi, c([0], np.int64))), [1, 1], [1, 1], [1, 1], [1, 1])
+              for xi, wi in zip(xs, ws)]
+        return ops.add(ops.concat(ys, 0), bias)
+    def net(kind):
+        x = ops.parameter([N, C, H, W], np.float32, name="x")
+        params = [x]
+        feed = {"x": (rng.standard_normal((N, C, H, W)) * 0.3).astype(np.float32)}
+        runtime = "runtime" in kind
+        def weights(i):
+            if not runtime:
+                return c(np.broadcast_to(Wc, (N, C, C, 3, 3)))
+            p = ops.parameter([N, C, C, 3, 3], np.float32, name=f"w{i}")
+            params.append(p)
+            feed[f"w{i}"] = np.broadcast_to(Wc, (N, C, C, 3, 3)).astype(np.float32).copy()
+            return p
+        h = ops.reshape(x, c([1, N * C, H, W], np.int64), False) if kind.startswith("folded") else x
+        for b in range(B):
+            # conv input quantised u8 (a ReLU'd or shifted stream): range [0, 2] on a non-negative input
+            if kind == "batched":
+                t = ops.relu(conv_batched(fq(ops.relu(h), 0, 2.0)))
+                h = ops.add(h, conv_batched(fq(t, 0, 2.0)))
+            elif kind.startswith("folded"):
+                t = ops.relu(conv_folded(fq(ops.relu(h), 0, 2.0), weights(2 * b)))
+                h = ops.add(h, conv_folded(fq(t, 0, 2.0), weights(2 * b + 1)))
+            else:
+                t = ops.relu(conv_split(fq(ops.relu(h), 0, 2.0), weights(2 * b)))
+                h = ops.add(h, conv_split(fq(t, 0, 2.0), weights(2 * b + 1)))
+        if kind.startswith("folded"):
+            h = ops.reshape(h, c([N, C, H, W], np.int64), False)
+        return ov.Model([h], params), feed
+    kinds = ["batched", "folded-const", "folded-runtime", "split-const", "split-runtime"]
+    calls = {}
+    for k in kinds:
+        m, feed = net(k)
+        cm = core.compile_model(m, "CPU", CONFIG)
+        prims = Counter(i["primitiveType"].astype(str) for i in (n.get_rt_info() for n in
+                        cm.get_runtime_model().get_ordered_ops()) if i["layerType"].astype(str) == "Convolution")
+        print(f"{k:16s} {dict(prims)}", flush=True)
+        r = cm.create_infer_request()
+        calls[k] = (lambda r=r, f=feed: r.infer(f))
+    print("load", [round(v, 2) for v in os.getloadavg()])
+    report(measure_interleaved(calls, runs=20, warmup=2, rounds=5), "batched", "batched")
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "layer"
-    {"layer": layer_study, "model": model_study}[which]()
+    {"layer": layer_study, "model": model_study, "floor": floor_study}[which]()

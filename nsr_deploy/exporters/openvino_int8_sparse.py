@@ -9,14 +9,19 @@ input gets its min / max. The gate: task PSNR against ground truth may drop at m
 ``SPARSE_INT8_MAX_DROP_DB`` (0.1 dB) from the fp32 PyTorch reference on real images, and every conv
 (per-patch ones included) must *execute* in int8 in the compiled model -- a failed gate writes nothing.
 
-    build_int8_sparse_ir(loaded, folder, calib=None, gate_images=None, patch_batch=16, threads=None)
-        -> (Path to model.xml, report dict)        # what the bench and the exporter call
+    build_int8_sparse_ir(loaded, folder, calib=None, gate_images=None, patch_batch=16, threads=None,
+                         save=None) -> Int8SparseBuild(path, report, gate)   # the bench's and exporter's call
+
+``save(model, path)`` writes the IR (default ``openvino.save_model`` with f32 weights); the exporter
+passes its own, which stores the I/O contract in the IR's rt_info.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,20 +55,39 @@ def calibrate(cfg, convs, tiles: np.ndarray, batch: int, threads: int | None = N
     return {name: Range(lo[name], hi[name]) for name in probes}
 
 
+@dataclass(frozen=True)
+class Int8SparseBuild:
+    path: Path  # model.xml (its .bin beside it)
+    report: dict  # calibration, the attempts' gate figures and execution precisions (for nsr.json)
+    gate: object  # the kept attempt's GateResult (checks.results)
+
+
+def _save_f32(model, path: Path) -> None:
+    import openvino as ov
+
+    ov.save_model(model, str(path), compress_to_fp16=False)
+
+
 def int8_execution(runtime_ops: list[dict], layers: list[str]) -> dict:
     """Which of the checkpoint's conv ``layers`` the compiled model runs in int8 (u8 / i8) and which in
     float, from its runtime graph (each conv op is named after its layer, fused ops listed with it)."""
-    precision = {name: op["precision"] for op in runtime_ops if op["type"] == "Convolution"
-                 for name in op["original"]}
-    int8 = [name for name in layers if precision.get(name) in ("u8", "i8")]
+    from nsr_deploy.exporters.openvino_int8_graph import PATCH_SEP
+
+    precisions: dict[str, set[str]] = {}  # layer -> precisions of its convs (split layout: one per patch)
+    for op in runtime_ops:
+        if op["type"] == "Convolution":
+            for name in op["original"]:
+                precisions.setdefault(name.split(PATCH_SEP)[0], set()).add(op["precision"])
+    int8 = [name for name in layers if precisions.get(name) and precisions[name] <= {"u8", "i8"}]
     return {"int8": int8, "float": [name for name in layers if name not in int8]}
 
 
 def build_int8_sparse_ir(loaded, folder: str | Path, calib: str | None = None, gate_images: str | None = None,
                          patch_batch: int = 16, threads: int | None = None,
-                         tolerance: float = SPARSE_INT8_MAX_DROP_DB) -> tuple[Path, dict]:
+                         tolerance: float = SPARSE_INT8_MAX_DROP_DB,
+                         save: Callable | None = None) -> Int8SparseBuild:
     """Calibrate, build, gate; ``folder/model.xml`` (+ ``.bin``) only when the gate passes (else NSRError
-    and nothing written). Returns the IR's path and a report (calibration, gate figures, execution)."""
+    and nothing written): first every conv int8, then, if the gate fails, the image-facing layers float."""
     from nsr_deploy.checks.gates import task_references
     from nsr_deploy.checks.samples import sample_folder
     from nsr_deploy.checks.task import read_images, task_of
@@ -89,7 +113,7 @@ def build_int8_sparse_ir(loaded, folder: str | Path, calib: str | None = None, g
     attempts = []
     for keep_float in ([], image_facing):
         model = build_graph(cfg, convs, patch_batch, {k: r for k, r in ranges.items() if k not in keep_float})
-        attempt = _gated(model, loaded, references, task, source, tolerance, threads, keep_float)
+        attempt = _gated(model, loaded, (references, task, source, tolerance), threads, keep_float, save or _save_f32)
         attempts.append(attempt)
         if attempt["passed"]:
             break
@@ -100,7 +124,7 @@ def build_int8_sparse_ir(loaded, folder: str | Path, calib: str | None = None, g
                               "image_count": len(images), "tiles": count, "method": "min / max per conv input",
                               "ranges": {k: [round(r.lo, 5), round(r.hi, 5)] for k, r in ranges.items()}},
               "gate_images": source, "tolerance_db": tolerance,
-              "attempts": [{k: v for k, v in a.items() if k not in ("path", "tmp")} for a in attempts]}
+              "attempts": [{k: v for k, v in a.items() if k not in ("path", "tmp", "gate")} for a in attempts]}
     final = attempts[-1]
     if not final["passed"]:
         shutil.rmtree(final["tmp"], ignore_errors=True)
@@ -113,20 +137,19 @@ def build_int8_sparse_ir(loaded, folder: str | Path, calib: str | None = None, g
     for suffix in (".xml", ".bin"):
         shutil.move(str(final["path"].with_suffix(suffix)), str(folder / f"model{suffix}"))
     shutil.rmtree(final["tmp"], ignore_errors=True)
-    return folder / "model.xml", report
+    return Int8SparseBuild(folder / "model.xml", report, final["gate"])
 
 
-def _gated(model, loaded, references, task, source, tolerance, threads, keep_float) -> dict:
+def _gated(model, loaded, gate_on: tuple, threads, keep_float, save: Callable) -> dict:
     """Save ``model`` to a temporary folder, run the task gate and the execution check on it."""
-    import openvino as ov
-
     from nsr_deploy.checks.gates import task_drop_gate
     from nsr_deploy.runtimes.engine import Engine
     from nsr_deploy.runtimes.ov_runner import OvRunner
 
+    references, task, source, tolerance = gate_on
     tmp = Path(tempfile.mkdtemp(prefix="nsr-int8-"))
     path = tmp / "model.xml"
-    ov.save_model(model, str(path), compress_to_fp16=False)
+    save(model, path)
     layers = [name for name, *_ in loaded.config.conv_shapes()]
     with OvRunner(str(path), threads, cache=False) as runner:
         gate = task_drop_gate(Engine(runner, loaded.config), references, task, source, tolerance)
@@ -136,4 +159,4 @@ def _gated(model, loaded, references, task, source, tolerance, threads, keep_flo
     return {"kept_float": keep_float, **{k: check.figures[k] for k in ("drop_db", "fp32_psnr", "int8_psnr")},
             "int8_layers": len(execution["int8"]), "float_layers": execution["float"],
             "unexpected_float": unexpected, "passed": check.passed and not unexpected, "path": path,
-            "tmp": str(tmp)}
+            "tmp": str(tmp), "gate": gate}
