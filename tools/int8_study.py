@@ -5,6 +5,7 @@ how fast (issue 18, part 2). Two studies, timed in interleaved rounds (nsr_deplo
     python tools/int8_study.py layer     # one sparse conv (64->64, k=4, d=16, 16 patches 48x48)
     python tools/int8_study.py model     # EDSR+NSR x2 (16 blocks, 64 units, k=4, d=16), 16 patches 48x48
     python tools/int8_study.py floor     # 16 residual blocks of int8 convs alone: the layouts' floor
+    python tools/int8_study.py ort       # ONNX Runtime: QLinearConv / ConvInteger with run-time weights
 
 ``layer`` prints, per formulation, the conv / matmul kernels the compiled model runs (oneDNN's
 primitive names: ``*_I8`` / ``*_i8`` is int8, ``*_f32`` float) and its latency against the dense
@@ -271,6 +272,62 @@ def floor_study() -> None:
     report(measure_interleaved(calls, runs=20, warmup=2, rounds=5), "batched", "batched")
 
 
+def ort_study() -> None:
+    """ONNX Runtime: QLinearConv / ConvInteger with run-time (non-constant) int8 weights, one group per
+    patch, against QLinearConv with constant weights on the batch (the int8 twin's conv). Conv only."""
+    import onnxruntime as ort
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    from nsr_deploy.timing import measure_interleaved
+
+    N, C, H, W = 16, 64, 48, 48
+    rng = np.random.default_rng(0)
+    def qlinear(const_w, groups):
+        G = groups
+        inits = [nh.from_array(np.array(0.01, np.float32), "xs"), nh.from_array(np.array(0, np.uint8), "xz"),
+                 nh.from_array(np.array(0.002, np.float32), "ws"), nh.from_array(np.array(0, np.int8), "wz"),
+                 nh.from_array(np.array(0.02, np.float32), "ys"), nh.from_array(np.array(0, np.uint8), "yz")]
+        wshape = [N * C if G > 1 else C, C, 3, 3]
+        inputs = [h.make_tensor_value_info("x", T.UINT8, [1 if G > 1 else N, N * C if G > 1 else C, H, W])]
+        if const_w:
+            inits.append(nh.from_array(rng.integers(-100, 100, wshape).astype(np.int8), "w"))
+        else:
+            inputs.append(h.make_tensor_value_info("w", T.INT8, wshape))
+        node = h.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], group=G,
+                           pads=[1, 1, 1, 1])
+        g = h.make_graph([node], "g", inputs, [h.make_tensor_value_info("y", T.UINT8, None)], inits)
+        return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    def conv_integer(groups):
+        G = groups
+        inputs = [h.make_tensor_value_info("x", T.UINT8, [1, N * C, H, W]),
+                  h.make_tensor_value_info("w", T.INT8, [N * C, C, 3, 3])]
+        node = h.make_node("ConvInteger", ["x", "w"], ["y"], group=G, pads=[1, 1, 1, 1])
+        g = h.make_graph([node], "g", inputs, [h.make_tensor_value_info("y", T.INT32, None)])
+        return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = THREADS
+    xg = rng.integers(0, 255, (1, N * C, H, W)).astype(np.uint8)
+    xb = xg.reshape(N, C, H, W)
+    wg = rng.integers(-100, 100, (N * C, C, 3, 3)).astype(np.int8)
+    calls = {}
+    for name, model, feed in [("qlinear const batched (twin)", qlinear(True, 1), {"x": xb}),
+                              ("qlinear const grouped16", qlinear(True, N), {"x": xg}),
+                              ("qlinear runtime-w grouped16", qlinear(False, N), {"x": xg, "w": wg}),
+                              ("convinteger runtime-w grouped16", conv_integer(N), {"x": xg, "w": wg})]:
+        try:
+            s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            s.run(None, feed)
+            calls[name] = (lambda s=s, f=feed: s.run(None, f))
+            print(name, "runs")
+        except Exception as e:
+            print(name, "FAILS:", str(e).splitlines()[0][:200])
+    print("load", [round(v, 2) for v in os.getloadavg()])
+    t = measure_interleaved(calls, runs=30, warmup=2, rounds=5)
+    report(t, "qlinear const batched (twin)", "qlinear const batched (twin)")
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "layer"
-    {"layer": layer_study, "model": model_study, "floor": floor_study}[which]()
+    {"layer": layer_study, "model": model_study, "floor": floor_study, "ort": ort_study}[which]()
