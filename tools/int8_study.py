@@ -16,9 +16,9 @@ run time then a GroupConvolution (one group per patch) with FakeQuantize on inpu
 input is the signed residual stream (``conv1`` of a block) instead of a ReLU output.
 
 ``model`` times the dense twin (fp32; int8 by NNCF as the export does), the sparse ``grouped`` export
-(fp32; today's int8: head/tail/skip only) and the folded int8 graph of
-``nsr_deploy.exporters.openvino_int8_graph`` (calibrated on the bundled samples), with its
-image-facing layers (head, tail, skip) int8 and float.
+(fp32; the NNCF int8 of before: head/tail/skip only) and the int8 graph of
+``nsr_deploy.exporters.openvino_int8_graph`` (calibrated on the bundled samples) in its two layouts,
+with its image-facing layers (head, tail, skip) int8 and float.
 """
 
 import os
@@ -185,11 +185,11 @@ def model_study() -> None:
             models[label] = q.quantize(m, batches, convs)
     convs = weights_of(net)
     ranges = calibrate(EDSR_NSR_X2, convs, tiles, n, THREADS)
-    models["sparse folded int8 (all convs)"] = build_graph(EDSR_NSR_X2, convs, n, ranges)
     facing = ("body.0", "body.17", "skip.0")
-    models["sparse folded int8 (head/tail/skip f32)"] = build_graph(
-        EDSR_NSR_X2, convs, n, {k: r for k, r in ranges.items() if k not in facing})
     models["sparse split int8 (all convs)"] = build_graph(EDSR_NSR_X2, convs, n, ranges, layout="split")
+    models["sparse split int8 (head/tail/skip f32)"] = build_graph(
+        EDSR_NSR_X2, convs, n, {k: r for k, r in ranges.items() if k not in facing}, layout="split")
+    models["sparse folded int8 (all convs)"] = build_graph(EDSR_NSR_X2, convs, n, ranges, layout="folded")
     x = {"x": tiles[:n], "valid": np.ones((n, 1, p, p), np.float32)}
     calls = {}
     for k, m in models.items():

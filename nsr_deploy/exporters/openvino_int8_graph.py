@@ -16,11 +16,12 @@ precomputed for run-time ones. So:
 * the per-patch weights get a static per-output-channel range ``max_i |W_i[c]|``: a convex mix of
   the k kernels never leaves it, so the quantiser never clips.
 
-Layout ``folded`` (the default): the patch batch lives in channels from head to tail
-(``[1, N*C, h, w]``), head, tail and skip are GroupConvolutions with the patch-shared constant weights
-repeated, so no batch<->channel reshape of activations (and no layout Reorder) sits between layers.
-``split`` keeps the batch and runs one Convolution per patch (contiguous patches, but N times the
-nodes: measured 1.9x slower on EDSR+NSR, README). Pooling MLP, softmax and mixing are f32.
+Layout ``split`` (the default) keeps the patch batch (``[N, C, h, w]``) and runs each per-patch conv
+as one Convolution per patch between an outer-axis Split and Concat: every patch's activations stay
+contiguous. ``folded`` puts the batch in channels from head to tail (``[1, N*C, h, w]``, one
+GroupConvolution per layer, head / tail / skip with their weights repeated): N times fewer nodes, but
+the channels-last int8 layout then interleaves all patches, and measured on EDSR+NSR x2 it is slower
+even with constant weights (README, ``tools/int8_study.py floor``). Pooling MLP, softmax and mixing are f32.
 With ``ranges=None`` the same graph is built in f32 (the calibration pass and a parity reference).
 """
 
@@ -192,17 +193,19 @@ class _Builder:
         w = ops.reshape(ops.matmul(gamma, self.c(stacked_w), False, False), self.i64([n, cout, cin, ks, ks]), False)
         b = ops.matmul(gamma, self.c(stacked_b), False, False)
         b = ops.reshape(b, self.i64([1, n * cout, 1, 1] if self.folded else [n, cout, 1, 1]), False)
-        w = self._weight_fq(name, w, np.tile(cw.weight_bound(), n), [n, cout, 1, 1, 1])
         if self.folded:
+            w = self._weight_fq(name, w, np.tile(cw.weight_bound(), n), [n, cout, 1, 1, 1])
             y = ops.group_convolution(xq, w, [1, 1], [pad, pad], [pad, pad], [1, 1])
             y.set_friendly_name(name)
             return ops.add(y, b)
         # split: one Convolution per patch; an outer-axis Split / Concat of a batch is free in memory,
-        # and each patch's activations stay contiguous (the folded layout interleaves all patches)
+        # and each patch's activations stay contiguous (the folded layout interleaves all patches).
+        # Each patch's weights are quantised after the Split: quantised before it, every conv runs f32.
         xs, ws = ops.split(xq, self.i64(0), n).outputs(), ops.split(w, self.i64(0), n).outputs()
         ys = []
         for i, (xi, wi) in enumerate(zip(xs, ws)):
-            yi = ops.convolution(xi, ops.squeeze(wi, self.i64([0])), [1, 1], [pad, pad], [pad, pad], [1, 1])
+            wi = self._weight_fq(name, ops.squeeze(wi, self.i64([0])), cw.weight_bound(), [cout, 1, 1, 1])
+            yi = ops.convolution(xi, wi, [1, 1], [pad, pad], [pad, pad], [1, 1])
             yi.set_friendly_name(f"{name}{PATCH_SEP}{i}")
             ys.append(yi)
         return ops.add(ops.concat(ys, 0), b)
@@ -244,7 +247,7 @@ class _Builder:
 
 
 def build_graph(cfg, convs: dict[str, ConvWeights], batch: int, ranges: dict[str, Range] | None = None,
-                probes: bool = False, layout: str = "folded"):
+                probes: bool = False, layout: str = "split"):
     """The folded graph for ``batch`` patches; int8 where ``ranges`` (conv name -> input range) say,
     f32 without. ``probes=True`` adds every conv input as an extra output (the calibration pass)."""
     builder = _Builder(cfg, convs, batch, ranges, layout)
