@@ -20,8 +20,9 @@ Layout ``split`` (the default) keeps the patch batch (``[N, C, h, w]``) and runs
 as one Convolution per patch between an outer-axis Split and Concat: every patch's activations stay
 contiguous. ``folded`` puts the batch in channels from head to tail (``[1, N*C, h, w]``, one
 GroupConvolution per layer, head / tail / skip with their weights repeated): N times fewer nodes, but
-the channels-last int8 layout then interleaves all patches, and measured on EDSR+NSR x2 it is slower
-even with constant weights (README, ``tools/int8_study.py floor``). Pooling MLP, softmax and mixing are f32.
+the channels-last int8 layout then interleaves all patches. On EDSR+NSR x2 split was the faster in two
+of three whole-model runs on a loaded 2-core machine (README; ``tools/int8_study.py model``).
+Pooling MLP, softmax and mixing are f32.
 With ``ranges=None`` the same graph is built in f32 (the calibration pass and a parity reference).
 """
 
