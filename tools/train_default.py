@@ -82,10 +82,10 @@ def load_photos(channels: int) -> tuple[list[np.ndarray], list[str]]:
 class TaskData:
     """Makes (input, target) pairs as float32 arrays HxWxC in [0, 1] (inputs may leave [0, 1])."""
 
-    def __init__(self, preset: dict, imgs: list[np.ndarray], border_pad: int | None = None,
+    def __init__(self, preset: dict, imgs: list[np.ndarray], border_pads: tuple[int, ...] = (),
                  frame_weight: float = 1.0):
         self.p = preset
-        self.border_pad = border_pad  # None: 1 to BORDER_PAD pixels, drawn per patch side
+        self.border_pads = border_pads  # drawn per patch side; () = 1 to BORDER_PAD pixels
         self.frame_weight = frame_weight  # loss weight of the image's outer FRAME output pixels
         self.scale = preset.get("scale", 1)
         self.clean = [modcrop(im, self.scale) for im in imgs]
@@ -107,15 +107,16 @@ class TaskData:
         ``frame_weight`` on the image's outer frame, where a fringe shows)."""
         s = self.scale
         src, clean = self.source[i], self.clean[i]
-        pads = [(0, 0), (0, 0)]
-        while border and pads == [(0, 0), (0, 0)]:
+        sides, pads = [0, 0], [(0, 0), (0, 0)]  # per axis: 0 inside, 1 first edge, 2 last edge
+        while border and sides == [0, 0]:
             for axis in (0, 1):
-                side = int(rng.integers(3))  # 0: inside, 1: first edge, 2: last edge
-                amount = self.border_pad or int(rng.integers(1, BORDER_PAD + 1))
-                pads[axis] = (amount, 0) if side == 1 else (0, amount) if side == 2 else (0, 0)
+                sides[axis] = int(rng.integers(3))
+                amount = self.border_pads[int(rng.integers(len(self.border_pads)))] if len(self.border_pads) > 1 \
+                    else self.border_pads[0] if self.border_pads else int(rng.integers(1, BORDER_PAD + 1))
+                pads[axis] = (amount, 0) if sides[axis] == 1 else (0, amount) if sides[axis] == 2 else (0, 0)
         inner = [patch - a - b for a, b in pads]
-        y0 = 0 if pads[0][0] else src.shape[0] - inner[0] if pads[0][1] else int(rng.integers(src.shape[0] - patch + 1))
-        x0 = 0 if pads[1][0] else src.shape[1] - inner[1] if pads[1][1] else int(rng.integers(src.shape[1] - patch + 1))
+        y0, x0 = (0 if side == 1 else n - k if side == 2 else int(rng.integers(n - patch + 1))
+                  for side, n, k in zip(sides, src.shape[:2], inner))
         x = self.degrade_patch(src[y0:y0 + inner[0], x0:x0 + inner[1]], rng)
         y = clean[s * y0:s * (y0 + inner[0]), s * x0:s * (x0 + inner[1])].astype(np.float32) / 255.0
         valid = np.ones((*inner, 1), np.float32)
@@ -123,12 +124,11 @@ class TaskData:
             x = np.pad(x, (*pads, (0, 0)), mode="reflect")
             y = np.pad(y, ((s * pads[0][0], s * pads[0][1]), (s * pads[1][0], s * pads[1][1]), (0, 0)), mode="reflect")
             f = max(FRAME // s, 1)
-            for axis, (first, last) in enumerate(pads):
-                edge = [slice(None)] * 2
-                for padded, part in ((first, slice(0, f)), (last, slice(inner[axis] - f, inner[axis]))):
-                    if padded:
-                        edge[axis] = part
-                        valid[tuple(edge)] = self.frame_weight
+            for axis, side in enumerate(sides):
+                if side:
+                    edge = [slice(None)] * 2
+                    edge[axis] = slice(0, f) if side == 1 else slice(inner[axis] - f, inner[axis])
+                    valid[tuple(edge)] = self.frame_weight
             valid = np.pad(valid, (*pads, (0, 0)))
         return x, y, valid
 
@@ -265,9 +265,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (default 1e-3)")
     ap.add_argument("--border-fraction", type=float, default=0.25,
                     help="share of each batch cut at image borders, reflect-padded as the reference pads")
-    ap.add_argument("--border-pad", type=int, choices=range(1, BORDER_PAD + 1), metavar=f"1-{BORDER_PAD}",
-                    help="reflect padding of border patches (default: 1 to 4, drawn per patch; the reference's "
-                         "edge windows all have 4)")
+    ap.add_argument("--border-pad", type=int, nargs="+", choices=range(BORDER_PAD + 1), metavar="N",
+                    help="reflect padding of border patches, drawn per patch side from these (default: 1 to 4). "
+                         "The reference's edge windows have 4; a whole image (or a cells window) has 0")
     ap.add_argument("--frame-weight", type=float, default=1.0,
                     help="loss weight of the outer 4 output pixels of border patches (default 1)")
     ap.add_argument("--skip-support", type=int, choices=(1, 3, 5), default=5,
@@ -289,7 +289,7 @@ def main(argv=None) -> int:
             sys.exit(f"--init {args.init}: its configuration differs from the preset {args.name}")
         net.load_state_dict(unfold_weight_norm(start_from.net.state_dict()))
     imgs, names = load_photos(cfg.channels)
-    data = TaskData(preset, imgs, args.border_pad, args.frame_weight)
+    data = TaskData(preset, imgs, tuple(args.border_pad or ()), args.frame_weight)
     train_ids = list(range(len(imgs) - HOLD_OUT))
     val_ids = list(range(len(imgs) - HOLD_OUT, len(imgs)))
     run_dir = args.run_dir or ROOT / "runs" / args.name
