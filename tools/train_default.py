@@ -83,10 +83,11 @@ class TaskData:
     """Makes (input, target) pairs as float32 arrays HxWxC in [0, 1] (inputs may leave [0, 1])."""
 
     def __init__(self, preset: dict, imgs: list[np.ndarray], border_pads: tuple[int, ...] = (),
-                 frame_weight: float = 1.0):
+                 frame_weight: float = 1.0, crop_ring: int = 0):
         self.p = preset
         self.border_pads = border_pads  # drawn per patch side; () = 1 to BORDER_PAD pixels
         self.frame_weight = frame_weight  # loss weight of the image's outer FRAME output pixels
+        self.crop_ring = crop_ring  # input pixels at a crop edge (not an image edge) left out of the loss
         self.scale = preset.get("scale", 1)
         self.clean = [modcrop(im, self.scale) for im in imgs]
         if preset["task"] == "sr":
@@ -120,15 +121,22 @@ class TaskData:
         x = self.degrade_patch(src[y0:y0 + inner[0], x0:x0 + inner[1]], rng)
         y = clean[s * y0:s * (y0 + inner[0]), s * x0:s * (x0 + inner[1])].astype(np.float32) / 255.0
         valid = np.ones((*inner, 1), np.float32)
+        f = max(FRAME // s, 1)
+        for axis, side in enumerate(sides):
+            edge = [slice(None)] * 2
+            for end, part in ((1, slice(0, f)), (2, slice(inner[axis] - f, inner[axis]))):
+                if side == end:  # an image edge: its frame, where a fringe shows
+                    edge[axis] = part
+                    valid[tuple(edge)] = self.frame_weight
+        for axis, side in enumerate(sides):  # no tiling uses outputs this close to a window's cut edge
+            edge = [slice(None)] * 2
+            for end, part in ((1, slice(0, self.crop_ring)), (2, slice(inner[axis] - self.crop_ring, inner[axis]))):
+                if self.crop_ring and side != end:
+                    edge[axis] = part
+                    valid[tuple(edge)] = 0.0
         if border:
             x = np.pad(x, (*pads, (0, 0)), mode="reflect")
             y = np.pad(y, ((s * pads[0][0], s * pads[0][1]), (s * pads[1][0], s * pads[1][1]), (0, 0)), mode="reflect")
-            f = max(FRAME // s, 1)
-            for axis, side in enumerate(sides):
-                if side:
-                    edge = [slice(None)] * 2
-                    edge[axis] = slice(0, f) if side == 1 else slice(inner[axis] - f, inner[axis])
-                    valid[tuple(edge)] = self.frame_weight
             valid = np.pad(valid, (*pads, (0, 0)))
         return x, y, valid
 
@@ -270,6 +278,9 @@ def main(argv=None) -> int:
                          "The reference's edge windows have 4; a whole image (or a cells window) has 0")
     ap.add_argument("--frame-weight", type=float, default=1.0,
                     help="loss weight of the outer 4 output pixels of border patches (default 1)")
+    ap.add_argument("--crop-ring", type=int, default=0,
+                    help="input pixels at a patch's cut edges left out of the loss (default 0): the reference "
+                         "drops 4 of each window, cells 3; only an image edge's outputs are used")
     ap.add_argument("--skip-support", type=int, choices=(1, 3, 5), default=5,
                     help="taps of the skip conv's kernel kept (the centre NxN; default all 5x5)")
     args = ap.parse_args(argv)
@@ -289,7 +300,7 @@ def main(argv=None) -> int:
             sys.exit(f"--init {args.init}: its configuration differs from the preset {args.name}")
         net.load_state_dict(unfold_weight_norm(start_from.net.state_dict()))
     imgs, names = load_photos(cfg.channels)
-    data = TaskData(preset, imgs, tuple(args.border_pad or ()), args.frame_weight)
+    data = TaskData(preset, imgs, tuple(args.border_pad or ()), args.frame_weight, args.crop_ring)
     train_ids = list(range(len(imgs) - HOLD_OUT))
     val_ids = list(range(len(imgs) - HOLD_OUT, len(imgs)))
     run_dir = args.run_dir or ROOT / "runs" / args.name
@@ -363,7 +374,7 @@ def main(argv=None) -> int:
             "steps": steps, "batch": preset["batch"], "patch": cfg.patch_size, "seed": args.seed,
             "loss": "L1 on image pixels", "optimizer": f"Adam lr {args.lr:g}, x0.2 at 2/3 and 5/6",
             "init": args.init, "border_fraction": args.border_fraction, "border_pad": args.border_pad,
-            "frame_weight": args.frame_weight,
+            "frame_weight": args.frame_weight, "crop_ring": args.crop_ring,
             "skip_support": args.skip_support,
             **({"skip_fold_rms": round(fold_rms, 5)} if fold_rms is not None else {}),
             "minutes": round(minutes, 1),
