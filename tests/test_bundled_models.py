@@ -138,34 +138,22 @@ def _border_margins(name: str, tiling: str) -> tuple[float, float]:
     return tuple(np.mean(margins, axis=0))
 
 
-def cli_default_tiling() -> str:
-    """The tiling `nsr-deploy restore` uses unless told otherwise (what the main job runs)."""
-    from nsr_deploy.cli import main
-
-    return next(p.default for p in main.commands["restore"].params if p.name == "tiling")
-
-
 @pytest.mark.parametrize("name", bundled_names())
 def test_border_frame_gains_as_much_as_the_interior_on_the_samples(name):
     """No dark fringe: on the samples (the grey tasks' are tiled, a side >= 192), the output's outer
-    4 pixels beat the baseline by at most BORDER_MARGIN_DB less than the interior does, in the CLI's
-    default tiling."""
-    frame, interior = _border_margins(name, cli_default_tiling())
+    4 pixels beat the baseline by at most BORDER_MARGIN_DB less than the interior does."""
+    frame, interior = _border_margins(name, "cells")
     assert interior > 0.5, (name, interior)
     assert frame >= interior - BORDER_MARGIN_DB, (name, frame, interior)
 
 
-@pytest.mark.parametrize("tiling", ["default", "cells"])
-def test_sr_x2_border_frame_on_tiled_cset14_images(tiling):
+def test_sr_x2_border_frame_on_tiled_cset14_images():
     """The bundled samples downscaled are pooled whole; CSet14's larger images (a side >= 192 after
-    downscaling) go through the tiling, where the fringe was: both tilings keep the frame's gain
-    (the reference's edge windows reflect-pad the body's input while the skip conv saw zeros; the
-    bundled sr-x2's skip is its centre tap, so only the body reads past the border)."""
+    downscaling) go through the tiling, where the fringe was: cells keep the frame's gain."""
     from nsr_deploy.checks.frame import border_gap
 
-    tiling = cli_default_tiling() if tiling == "default" else tiling
     margins = []
-    with load("sr-x2", backend="torch", threads=1, tiling=tiling) as engine:
+    with load("sr-x2", backend="torch", threads=1, tiling="cells") as engine:
         for path in sorted((DATA / "CSet14").iterdir()):
             hr = modcrop(np.asarray(Image.open(path).convert("RGB")), 2)
             lr = bicubic_down(hr, 2)
@@ -174,4 +162,4 @@ def test_sr_x2_border_frame_on_tiled_cset14_images(tiling):
                 assert engine.last_stats["windows"] > 1
     frame, interior = np.mean(margins, axis=0)
     assert len(margins) == 3 and interior > 0.5
-    assert frame >= interior - BORDER_MARGIN_DB, (tiling, frame, interior)
+    assert frame >= interior - BORDER_MARGIN_DB, (frame, interior)
