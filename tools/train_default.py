@@ -21,9 +21,13 @@ The 5x5 skip conv of an SR model runs on the whole image with zero padding in th
 evaluation, while the tiles of the body see reflected content there: the body cannot tell that the
 skip is wrong at the image border. ``--skip-support 1`` keeps only the centre tap of the skip
 kernel (the rest stays zero: the file keeps the reference's 5x5 layout), so zero padding cannot
-reach it and the body does the interpolation.
+reach it and the body does the interpolation. With ``--init``, the cut taps are first folded into
+the tail conv by least squares (``fold_skip``), so fine-tuning starts from the old model's quality.
+``--border-pad`` (4: the reference's edge windows; 0: an image edge as a whole image or a cells
+window has it), ``--frame-weight`` and ``--crop-ring`` aim the loss at what the tilings use.
 
-    python tools/train_default.py sr-x2 --init sr-x2 --skip-support 1 --steps 1200 --lr 2e-4   # fine-tune
+    python tools/train_default.py sr-x2 --init sr-x2 --skip-support 1 --lr 2e-4 --steps 2000 \
+        --border-fraction 0.5 --border-pad 0 4 --frame-weight 10 --threads 1      # fine-tune (README)
     python tools/train_default.py jpeg-q10 --init denoise-s25                  # warm start
 """
 
