@@ -359,6 +359,8 @@ def main(argv=None) -> int:
             rng_path.write_text(json.dumps({"numpy": rng.bit_generator.state, "step": done,
                                             "elapsed": time.time() - t0}))
     bar.close()
+    if math.isnan(val[0]):  # resumed after the last step: nothing was evaluated in this process
+        val = evaluate(net, data, val_ids, args.seed)
     minutes = (time.time() - t0) / 60
     net.eval()
     deploy = NSRNet(cfg)
