@@ -1,5 +1,9 @@
-"""tools/train_default.py's skip fold: the bundled sr-x2 with its 5x5 skip cut to the centre tap keeps
-its output once the cut taps are folded into the tail conv (least squares), on real photos."""
+"""tools/train_default.py's skip fold: sr-x2 with a full 5x5 skip cut to the centre tap keeps its output
+once the cut taps are folded into the tail conv (least squares), on real photos.
+
+The bundled sr-x2 was itself made by this fold (its skip is the centre tap alone), so the test gives it
+back 5x5 taps first: per sub-pixel phase, the bicubic x2 kernel less its centre tap (an interpolation's
+neighbour taps, as the first sr-x2 had learned)."""
 
 import importlib.util
 from pathlib import Path
@@ -23,10 +27,27 @@ def _trainer():
     return module
 
 
-def test_folding_the_cut_skip_taps_keeps_the_output_of_the_bundled_sr_x2():
+BICUBIC_X2 = {0: [-0.0234, 0.2266, 0.8672, -0.0703, 0.0], 1: [0.0, -0.0703, 0.8672, 0.2266, -0.0234]}  # a=-0.5, taps -2..2
+
+
+def _with_full_skip(loaded):
+    """Add to each output channel of the skip (colour c, phase i, j: pixel shuffle order) the 5x5 bicubic
+    phase kernel of colour c less its centre tap: taps that cutting to the centre removes."""
+    conv = loaded.net.skip[0]
+    with torch.no_grad():
+        for o in range(conv.out_channels):
+            c, i, j = o // 4, (o % 4) // 2, o % 2
+            k = torch.outer(torch.tensor(BICUBIC_X2[i]), torch.tensor(BICUBIC_X2[j]))
+            k[2, 2] = 0.0
+            conv.weight[o, c] += k
+    return loaded
+
+
+def test_folding_the_cut_skip_taps_keeps_the_output_of_sr_x2_with_a_full_skip():
     trainer = _trainer()
     torch.manual_seed(0)
-    loaded = load_model("sr-x2")
+    loaded = _with_full_skip(load_model("sr-x2"))
+    assert float(loaded.net.skip[0].weight.detach()[:, :, 0].abs().sum()) > 0  # outer taps really there
     photos = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((DATA / "CSet14").iterdir())[:6]]
     data = trainer.TaskData(trainer.PRESETS["sr-x2"], photos)
 
