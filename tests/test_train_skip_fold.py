@@ -27,7 +27,8 @@ def _trainer():
     return module
 
 
-BICUBIC_X2 = {0: [-0.0234, 0.2266, 0.8672, -0.0703, 0.0], 1: [0.0, -0.0703, 0.8672, 0.2266, -0.0234]}  # a=-0.5, taps -2..2
+# bicubic (a = -0.5) x2 weights of input taps -2..2 for output phase 0 and 1
+BICUBIC_X2 = {0: [-0.0234, 0.2266, 0.8672, -0.0703, 0.0], 1: [0.0, -0.0703, 0.8672, 0.2266, -0.0234]}
 
 
 def _with_full_skip(loaded):
