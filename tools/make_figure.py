@@ -53,7 +53,8 @@ def restore_all(name: str, path: Path, tilings: tuple[str, ...]):
     task = task_of(loaded)
     clean = np.asarray(Image.open(path).convert("RGB" if loaded.config.channels == 3 else "L"))
     x, gt = degrade(clean, task, np.random.default_rng(0))
-    base_name = {"sr": "bicubic", "noise": f"noisy (sigma {task.sigma:g})", "jpeg": f"JPEG q{task.quality}"}[task.kind]
+    base_name = ("bicubic" if task.kind == "sr" else f"noisy (sigma {task.sigma:g})" if task.kind == "noise"
+                 else f"JPEG q{task.quality}")
     with tempfile.TemporaryDirectory() as tmp:
         export(loaded, Path(tmp) / "engine", "onnx", ExportOptions(conv_form="matmul", show_progress=False))
         restored = {}
