@@ -76,7 +76,7 @@ def load_method(path: str, threads: int | None):
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
-    if threads:
+    if threads and portable_lib._threadpool_get_thread_count() != threads:  # resetting logs a line on stderr
         portable_lib._unsafe_reset_threadpool(threads)
     try:
         program = Runtime.get().load_program(path)
