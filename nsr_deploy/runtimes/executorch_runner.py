@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 import threading
 import warnings
 
@@ -52,6 +54,21 @@ def quiet():
             lg.setLevel(level)
 
 
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """The runtime's C++ log lines (CPU probing, thread pool size: written to file descriptor 2) dropped while
+    a file loads; what goes wrong still reaches the caller as the bindings' exception, as one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def unavailable() -> str | None:
     """None when usable, else why not."""
     try:
@@ -76,13 +93,14 @@ def load_method(path: str, threads: int | None):
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
-    if threads and portable_lib._threadpool_get_thread_count() != threads:  # resetting logs a line on stderr
-        portable_lib._unsafe_reset_threadpool(threads)
     try:
-        program = Runtime.get().load_program(path)
-        if METHOD not in program.method_names:
-            raise NSRError(f"{path}: not an nsr-deploy ExecuTorch model (no method {METHOD!r})")
-        return program.load_method(METHOD)
+        with native_stderr_silenced():
+            if threads and portable_lib._threadpool_get_thread_count() != threads:
+                portable_lib._unsafe_reset_threadpool(threads)
+            program = Runtime.get().load_program(path)
+            if METHOD not in program.method_names:
+                raise NSRError(f"{path}: not an nsr-deploy ExecuTorch model (no method {METHOD!r})")
+            return program.load_method(METHOD)
     except NSRError:
         raise
     except Exception as e:  # noqa: BLE001 - the bindings raise RuntimeError / ValueError alike
