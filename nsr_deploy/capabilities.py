@@ -8,6 +8,8 @@ Conv forms (how the per-patch convolution is written in the graph, see :mod:`nsr
 ``grouped``    patches folded into channels; ``Conv.group`` is an attribute, so the patch batch is fixed
 ``matmul``     im2col and one batched MatMul per patch; dynamic batch and size
 ``dense-mix``  static convs for all k groups, then the gamma-weighted sum; dynamic batch and size
+``scaled-mix`` ExecuTorch only: ``dense-mix``'s sum written with the ops XNNPACK delegates at dynamic sizes
+               (:mod:`nsr_deploy.models.deploy_xnnpack`); fixed batch, dynamic size
 ``nchwc``      ONNX Runtime's internal blocked layout; fixed batch, ONNX Runtime on x86 only. Not an export
                form: the ONNX Runtime runner builds it at load from the portable model
                (:mod:`nsr_deploy.runtimes.ort_specialise`); the bench also builds it from torch
@@ -25,6 +27,10 @@ from dataclasses import dataclass
 DEPLOY_FORMS = ("grouped", "matmul", "dense-mix")  # traced from the deploy rewrite: every runtime reads them
 ORT_ONLY_FORMS = ("nchwc",)
 ONNX_FORMS = (*DEPLOY_FORMS, *ORT_ONLY_FORMS)
+# ExecuTorch's form when the export's is not a deploy form (auto, tune, nchwc): the only one XNNPACK delegates
+# whole (grouped leaves its runtime-weight conv, matmul its slices and symbolic reshapes to portable kernels)
+EXECUTORCH_FORM = "scaled-mix"
+EXECUTORCH_ONLY_FORMS = (EXECUTORCH_FORM,)
 EXPORT_FORMS = DEPLOY_FORMS  # what model.onnx may hold: portable forms only
 AUTO_FORM = "auto"  # by rule: AUTO_SPARSE_FORM / AUTO_DENSE_FORM (TensorRT ranks its own by documented support)
 TUNE_FORM = "tune"  # time the export forms in ONNX Runtime on this machine, keep the fastest
@@ -36,12 +42,13 @@ AUTO_DENSE_FORM = "matmul"
 # forms whose mixing MatMul carries the stacked kernels ONNX Runtime's runner reads back to specialise at load
 SPECIALISABLE_FORMS = ("grouped", "matmul")
 AT_LOAD_FORM = "nchwc-at-load"  # bench only: the portable grouped file as the ONNX Runtime runner specialises it
-BENCH_FORMS = (*ONNX_FORMS, AT_LOAD_FORM)
-STATIC_BATCH_FORMS = ("grouped", "nchwc")  # the patch batch is fixed in the graph
+ORT_BENCH_FORMS = (*ONNX_FORMS, AT_LOAD_FORM)  # what the bench times in ONNX Runtime
+BENCH_FORMS = (*ORT_BENCH_FORMS, *EXECUTORCH_ONLY_FORMS)
+STATIC_BATCH_FORMS = ("grouped", "nchwc", EXECUTORCH_FORM)  # the patch batch is fixed in the graph
 PORTABLE_FORM = "grouped"  # the ONNX twin other runtimes get when model.onnx is ORT-only
 # dense-mix evaluates all k groups (k times the FLOPs by construction), so it cannot show the saving
 # the bench is about; it is timed only when asked for (--conv-forms).
-BENCH_DEFAULT_FORMS = ("grouped", "matmul", "nchwc")
+BENCH_DEFAULT_FORMS = ("grouped", "matmul", "nchwc", EXECUTORCH_FORM)
 # TensorRT's own choice among equally supported forms (FLOPs decide first): tie-break only
 TENSORRT_FORM_ORDER = ("matmul", "dense-mix", "grouped")
 TIMING_TWIN_FORM = "matmul"  # a dense twin has no sparse conv: every form traces to the same plain convs
@@ -67,7 +74,7 @@ class Backend:
 
 BACKEND_TABLE = (
     Backend("torch", "nsr_deploy.runtimes.torch_runner", "TorchRunner", None, None, (), "cpu", True, True),
-    Backend("onnxruntime", "nsr_deploy.runtimes.ort_runner", "OrtRunner", "onnx", ".onnx", BENCH_FORMS, "cpu",
+    Backend("onnxruntime", "nsr_deploy.runtimes.ort_runner", "OrtRunner", "onnx", ".onnx", ORT_BENCH_FORMS, "cpu",
             True, True),
     Backend("openvino", "nsr_deploy.runtimes.ov_runner", "OvRunner", "openvino", ".xml", DEPLOY_FORMS, "cpu",
             True, True),
@@ -75,12 +82,15 @@ BACKEND_TABLE = (
             False, False),
     Backend("ncnn", "nsr_deploy.runtimes.ncnn_runner", "NcnnRunner", "ncnn", ".param", DEPLOY_FORMS, "cpu",
             False, True),
+    # the bench times the fully delegated form only (export takes a deploy form with --allow-fallback)
+    Backend("executorch", "nsr_deploy.runtimes.executorch_runner", "ExecuTorchRunner", "executorch", ".pte",
+            EXECUTORCH_ONLY_FORMS, "cpu", True, True),
 )
 BACKENDS = {b.name: b for b in BACKEND_TABLE}
 BACKEND_NAMES = tuple(BACKENDS)  # the bench's and the CLI's order
 REFERENCE_BACKEND = "torch"
 AUTO_BACKEND = "auto"
-AUTO_ORDER = ("tensorrt", "openvino", "onnxruntime", "ncnn")  # what `load(folder)` tries first
+AUTO_ORDER = ("tensorrt", "openvino", "onnxruntime", "ncnn", "executorch")  # what `load(folder)` tries first
 EXPORTED_BACKENDS = tuple(b.name for b in BACKEND_TABLE if b.target)
 GPU_BACKENDS = tuple(b.name for b in BACKEND_TABLE if b.device == "gpu")
 TARGET_OF_BACKEND = {b.name: b.target for b in BACKEND_TABLE if b.target}
@@ -92,9 +102,9 @@ TWIN_BACKENDS = tuple(b.name for b in BACKEND_TABLE if b.dense_twin)
 # -- export targets -------------------------------------------------------------------------------------
 PRECISIONS = ("fp32", "fp16", "int8")
 PRECISIONS_OF_TARGET = {"onnx": ("fp32", "fp16"), "openvino": PRECISIONS, "tensorrt": ("fp32", "fp16"),
-                        "ncnn": ("fp32", "fp16")}
+                        "ncnn": ("fp32", "fp16"), "executorch": ("fp32", "fp16")}
 ENGINE_TARGETS = tuple(PRECISIONS_OF_TARGET)  # build an engine file; onnx first: the others lower from it
-SERVER_TARGETS = ("onnx", "openvino", "tensorrt")  # engines a server (Triton) runs; ncnn is for devices
+SERVER_TARGETS = ("onnx", "openvino", "tensorrt")  # engines a server (Triton) runs; ncnn, executorch: devices
 # Targets that lay out the engines built before them (a folder layout, not an engine): never part of
 # ``all``; they build every server engine target this machine can build, skipping (with why) the others.
 PACKAGING_TARGETS = {"triton": SERVER_TARGETS}

@@ -119,6 +119,11 @@ def _describe_check(check: dict) -> str:
               help="TensorRT workspace limit, MiB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="TensorRT timing cache file, reused across builds.")
+@click.option("--allow-fallback", is_flag=True,
+              help="ExecuTorch: ship the .pte even if XNNPACK leaves ops of a sparse layer to portable kernels.")
+@click.option("--max-side", type=click.IntRange(min=16, max=8192), default=None,
+              help="ExecuTorch: largest window height / width the .pte takes (XNNPACK's memory grows with its "
+                   "square; default 512).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the parity gates.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--conformance", is_flag=True,
@@ -126,7 +131,8 @@ def _describe_check(check: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @user_errors
 def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_form, patch_batch, opset, precision,
-           calib, gate_images, batch_profile, workspace_mib, timing_cache, threads, force, conformance, as_json):
+           calib, gate_images, batch_profile, workspace_mib, timing_cache, allow_fallback, max_side, threads, force,
+           conformance, as_json):
     """Export a model to deployable engines, gated on parity with the PyTorch reference."""
     from pathlib import Path
 
@@ -153,13 +159,15 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
     ctx = click.get_current_context()
     given = {name: value for name, value in (("precision", precision), ("calib", calib), ("gate_images", gate_images),
                                              ("batch_profile", batch_profile), ("workspace_mib", workspace_mib),
-                                             ("timing_cache", timing_cache))
+                                             ("timing_cache", timing_cache), ("allow_fallback", allow_fallback),
+                                             ("max_side", max_side))
              if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
     refuse_unhonoured(built, given)
     loaded = resolve_model(checkpoint, model_name, image_mean, patch_size)
     opts = ExportOptions(conv_form=conv_form, patch_batch=patch_batch, opset=opset, precision=precision,
                          calib=calib, gate_images=gate_images, threads=threads, batch_profile=profile,
-                         workspace_mib=workspace_mib, timing_cache=timing_cache, force=force, show_progress=not as_json,
+                         workspace_mib=workspace_mib, timing_cache=timing_cache, allow_fallback=allow_fallback,
+                         max_side=max_side, force=force, show_progress=not as_json,
                          conformance=conformance)
     manifest = export(loaded, out, target, opts)
     if as_json:

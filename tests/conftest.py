@@ -68,6 +68,23 @@ def within_contract_tolerance(got: np.ndarray, expected: np.ndarray) -> bool:
     return diff.max() <= 1 and np.count_nonzero(diff) <= 0.001 * diff.size
 
 
+# two real photos the device targets' restore tests share: 256x256 and 276x276 (tiled by both tilings)
+DEVICE_PHOTOS = (DATA / "CSet5" / "butterfly.png", DATA / "CSet14" / "face.png")
+
+
+def photo_rgb(path: Path) -> np.ndarray:
+    """A real photo as uint8 RGB; the test skips if the shared images are absent."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real images live in ../shared/data, or NSR_DATA)")
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def agreement(got: np.ndarray, want: np.ndarray) -> tuple[float, int]:
+    """Share of equal 8-bit values, and the largest difference in levels."""
+    diff = np.abs(got.astype(int) - want.astype(int))
+    return float((diff == 0).mean()), int(diff.max())
+
+
 def data_image(folder: str, index: int = 0) -> np.ndarray:
     paths = sorted((DATA / folder).iterdir())
     return np.asarray(Image.open(paths[index]))

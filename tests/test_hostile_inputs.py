@@ -433,7 +433,8 @@ def test_force_replaces_only_export_folders(tiny, tmp_path):
 @pytest.mark.parametrize("args,says", [
     (["--timing-cache", "tc.bin"], "--timing-cache"), (["--precision", "int8"], "--precision int8"),
     (["--calib", "cal"], "--calib"), (["--batch-profile", "1,2,4"], "--batch-profile"),
-    (["--workspace", "64"], "--workspace"), (["--target", "openvino", "--calib", "cal"], "int8 only")])
+    (["--workspace", "64"], "--workspace"), (["--target", "openvino", "--calib", "cal"], "int8 only"),
+    (["--allow-fallback"], "--allow-fallback"), (["--max-side", "256"], "--max-side")])
 def test_options_a_target_cannot_honour_are_refused(tiny, tmp_path, args, says):
     if "openvino" in args and not HAVE_OPENVINO:
         pytest.skip("OpenVINO is not installed")

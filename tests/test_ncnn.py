@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DATA, decisive_net
+from conftest import DEVICE_PHOTOS, agreement, decisive_net
+from conftest import photo_rgb as photo
 from nsr_deploy.config import NSRConfig
 from nsr_deploy.errors import NSRError
 from nsr_deploy.exporters.pipeline import ExportOptions, export
@@ -23,22 +24,12 @@ pytest.importorskip("ncnn")
 pytest.importorskip("pnnx")
 
 TINY = NSRConfig(channels=3, scale=2, num_blocks=2, units=16, block_width=16, groups=4, cardinals=8)
-PHOTOS = (DATA / "CSet5" / "butterfly.png", DATA / "CSet14" / "face.png")  # 256x256 and 276x276
+PHOTOS = DEVICE_PHOTOS
 TILINGS = ("reference", "cells")
 
 
 def options(precision: str = "fp32") -> ExportOptions:
     return ExportOptions(conv_form="grouped", patch_batch=4, precision=precision, threads=1, show_progress=False)
-
-
-def photo(path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
-
-
-def agreement(got: np.ndarray, want: np.ndarray) -> tuple[float, int]:
-    """Share of equal 8-bit values, and the largest difference in levels."""
-    diff = np.abs(got.astype(int) - want.astype(int))
-    return float((diff == 0).mean()), int(diff.max())
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ THREAD_KNOB = {"torch": "torch.set_num_threads({n})",
                "onnxruntime": "SessionOptions.intra_op_num_threads={n}, inter_op_num_threads=1",
                "openvino": "INFERENCE_NUM_THREADS={n}, PERFORMANCE_HINT=LATENCY (one stream)",
                "tensorrt": "n/a (GPU)",
-               "ncnn": "Net.opt.num_threads={n}, one patch per extractor call"}
+               "ncnn": "Net.opt.num_threads={n}, one patch per extractor call",
+               "executorch": "XNNPACK thread pool of {n} (_unsafe_reset_threadpool), one patch per call"}
 
 
 @dataclass(frozen=True)

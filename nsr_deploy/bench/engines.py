@@ -15,7 +15,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nsr_deploy.capabilities import AT_LOAD_FORM, REFERENCE_BACKEND, TARGET_OF_BACKEND, TIMING_TWIN_FORM
+from nsr_deploy.capabilities import (
+    AT_LOAD_FORM,
+    BACKEND_OF_TARGET,
+    ONNX_FORMS,
+    REFERENCE_BACKEND,
+    TARGET_OF_BACKEND,
+    TIMING_TWIN_FORM,
+    forms_of,
+)
 from nsr_deploy.errors import NSRError
 
 TWIN_FORM = TIMING_TWIN_FORM
@@ -165,15 +173,20 @@ class EngineFactory:
         return cls(str(self.engine_path(target, spec.form, spec.precision, spec.twin)), self.threads)
 
     def engine_path(self, target: str, form: str, precision: str, twin: bool = False) -> Path:
-        """Any other target's engine file, built by its own build step (ungated) beside the ONNX model."""
-        form = TWIN_FORM if twin else form
+        """Any other target's engine file, built by its own build step (ungated) beside the ONNX model (when
+        the form is an ONNX one: ExecuTorch's lowers from torch). The dense twin gets the twin form if the
+        backend runs it, else the backend's own first form."""
+        if twin:
+            forms = forms_of(BACKEND_OF_TARGET[target])
+            form = TWIN_FORM if TWIN_FORM in forms or not forms else forms[0]
 
         def build() -> Path:
             from nsr_deploy.exporters.pipeline import build_ungated
 
             folder = self.scratch / f"{'twin' if twin else 'model'}-{target}-{form}-{precision}"
+            onnx = (self._onnx(form, twin),) if form in ONNX_FORMS else ()
             return build_ungated(self.twin if twin else self.loaded, folder, target,
-                                 self._options(form, precision), (self._onnx(form, twin),)).path
+                                 self._options(form, precision), onnx).path
 
         return self._built((target, form, precision, twin), build)
 

@@ -34,10 +34,16 @@ import numpy as np
 
 from nsr_deploy.bench import paper
 from nsr_deploy.bench.context import BenchContext, Job
-from nsr_deploy.bench.layer_graphs import LAYER_FORMS, export_layer, export_nchwc_layer, layer_runner
+from nsr_deploy.bench.layer_graphs import (
+    LAYER_FORMS,
+    export_layer,
+    export_layer_pte,
+    export_nchwc_layer,
+    layer_runner,
+)
 from nsr_deploy.bench.settings import LayerProtocol
 from nsr_deploy.bench.table import Table, fmt
-from nsr_deploy.capabilities import LAYER_BACKENDS
+from nsr_deploy.capabilities import EXECUTORCH_FORM, LAYER_BACKENDS, TARGET_OF_BACKEND
 from nsr_deploy.errors import NSRError
 from nsr_deploy.timing import measure_rows
 
@@ -119,7 +125,13 @@ class LayerModules:
         from nsr_deploy.models.deploy import DeploySparseConv
 
         m = self.module(c)
-        return m if c.protocol == "baseline" else DeploySparseConv(m, form, self.p.batch).eval()
+        if c.protocol == "baseline":
+            return m
+        if form == EXECUTORCH_FORM:
+            from nsr_deploy.models.deploy_xnnpack import ScaledMixConv
+
+            return ScaledMixConv(m).eval()
+        return DeploySparseConv(m, form, self.p.batch).eval()
 
 
 class LayerSuite:
@@ -209,7 +221,7 @@ class LayerSuite:
                     return module(mods.x)
             return call, out
         valid = np.ones((self.p.batch, 1, 1, 1), np.float32)  # unused by one-input graphs
-        runner = stack.enter_context(layer_runner(backend, self.graph(c, variant), self.ctx.threads))
+        runner = stack.enter_context(layer_runner(backend, self.graph(c, variant, backend), self.ctx.threads))
         return (lambda: runner.infer(mods.x_np, valid)), runner.infer(mods.x_np, valid)[:CHECKED_PATCHES]
 
     def time_backend(self, backend: str) -> None:
@@ -227,12 +239,16 @@ class LayerSuite:
                         "paper_ms": paper.paper_ms(c.protocol, c.k),
                         "paper_ratio": _round(paper.paper_ratio(c.protocol, c.k))})
 
-    def graph(self, c: LayerConfig, variant: str) -> Path:
-        """The exported graph of ``c`` in ``variant``, exported once and shared by every backend."""
+    def graph(self, c: LayerConfig, variant: str, backend: str) -> Path:
+        """The exported graph of ``c`` in ``variant``, exported once and shared by the backends that read ONNX
+        (ExecuTorch gets its own ``.pte``, lowered from the same module)."""
         form = "conv" if c.protocol == "baseline" else variant
-        path = self.ctx.scratch / f"layer-{form}-{c.protocol.replace(' ', '_')}-k{c.k}.onnx"
+        suffix = ".pte" if TARGET_OF_BACKEND.get(backend) == "executorch" else ".onnx"
+        path = self.ctx.scratch / f"layer-{form}-{c.protocol.replace(' ', '_')}-k{c.k}{suffix}"
         if not path.exists():
-            if variant == "nchwc" and c.protocol != "baseline":
+            if suffix == ".pte":
+                export_layer_pte(self.modules.graph_module(c, variant), self.modules.x, path)
+            elif variant == "nchwc" and c.protocol != "baseline":
                 export_nchwc_layer(self.modules.module(c), self.p.batch, path, self.ctx.settings.opset)
             else:
                 export_layer(self.modules.graph_module(c, variant), self.modules.x, path, self.ctx.settings.opset)

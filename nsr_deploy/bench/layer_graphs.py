@@ -1,11 +1,12 @@
-"""Single-layer graphs for the Figure 5 protocol in ONNX Runtime and OpenVINO.
+"""Single-layer graphs for the Figure 5 protocol in ONNX Runtime, OpenVINO and ExecuTorch.
 
 A sparse conv is exported the way the model exporter exports each of a network's sparse convs (the
 deploy rewrite :class:`~nsr_deploy.models.deploy.DeploySparseConv` in one conv form, traced, then
 onnxsim), and the baseline is a plain ``Conv``. Shapes are static (one engine per batch and patch
 size). The graphs take one input ``x`` and give ``y``; the runners below configure their runtime
 exactly as the product's runners do (session options, threads, precision pinning), with only the
-call changed to that single input.
+call changed to that single input. ExecuTorch's are ``.pte`` files lowered from the same PyTorch modules
+by the ExecuTorch target's own lowering (XNNPACK partitioner, static shapes).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nsr_deploy.capabilities import ONNX_FORMS
+from nsr_deploy.capabilities import EXECUTORCH_ONLY_FORMS, ONNX_FORMS
 from nsr_deploy.errors import NSRError
 from nsr_deploy.runtimes.base import Runner
 from nsr_deploy.runtimes.ort_runner import OrtRunner
 
-LAYER_FORMS = ONNX_FORMS  # nchwc: ONNX Runtime only (exporters.nchwc)
+LAYER_FORMS = (*ONNX_FORMS, *EXECUTORCH_ONLY_FORMS)  # nchwc: ONNX Runtime only (exporters.nchwc)
 
 
 def export_nchwc_layer(conv, batch: int, path: Path, opset: int = 17) -> Path:
@@ -40,6 +41,18 @@ def export_layer(module, x, path: Path, opset: int = 17) -> Path:
 
     model = trace_simplified(module, (x,), ["x"], opset, what="a single-layer graph")
     path.write_bytes(model.SerializeToString())
+    return path
+
+
+def export_layer_pte(module, x, path: Path) -> Path:
+    """``module`` on ``x`` (static shapes) lowered to XNNPACK as a ``.pte`` at ``path``; refused if a sparse
+    layer's op falls back, as the ExecuTorch export refuses it."""
+    from nsr_deploy.exporters.executorch import delegation, lower, quiet, refuse_fallback
+
+    edge = lower(module.eval(), (x,))
+    refuse_fallback(delegation(edge), "layer", False)
+    with quiet():
+        path.write_bytes(edge.to_executorch().buffer)
     return path
 
 
@@ -85,9 +98,30 @@ class LayerOvRunner(Runner):
         return self.request.get_output_tensor(0).data.copy()
 
 
+class LayerExecuTorchRunner(Runner):
+    """ExecuTorch's runtime as :class:`ExecuTorchRunner` loads it (XNNPACK pool of ``threads``), one input."""
+
+    backend = "executorch"
+
+    def _activate(self) -> None:
+        from nsr_deploy.runtimes.executorch_runner import load_method
+
+        self.method = load_method(self.path, self.threads)
+
+    def _deactivate(self) -> None:
+        self.method = None
+
+    def _infer(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        import torch
+
+        return self.method.execute([torch.from_numpy(x)])[0].numpy().copy()
+
+
 def layer_runner(backend: str, onnx_path: Path, threads: int) -> Runner:
     if backend == "onnxruntime":
         return LayerOrtRunner(str(onnx_path), threads)
     if backend == "openvino":
         return LayerOvRunner(str(onnx_path), threads)
+    if backend == "executorch":
+        return LayerExecuTorchRunner(str(onnx_path), threads)
     raise NSRError(f"no single-layer graphs for {backend}")

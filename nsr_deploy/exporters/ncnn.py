@@ -28,8 +28,7 @@ from importlib import metadata
 from pathlib import Path
 
 from nsr_deploy.capabilities import DEPLOY_FORMS, NCNN_FORM, PRECISIONS_OF_TARGET, is_static_batch
-from nsr_deploy.checks import verdicts
-from nsr_deploy.checks.gates import float_gate
+from nsr_deploy.checks.gates import precision_gate
 from nsr_deploy.checks.results import GateResult
 from nsr_deploy.errors import NSRError
 from nsr_deploy.exporters.common import sha256_bytes
@@ -158,9 +157,7 @@ def gate(artifact: Artifact, ctx) -> GateResult:
 
     precision = ctx.options.precision
     with ctx.stages.stage("ncnn-parity"), NcnnRunner(str(artifact.path), ctx.options.threads) as runner:
-        result = float_gate(ctx.loaded.net, runner, verdicts.tolerance_of(precision))
-    if precision == "fp16":
-        result = verdicts.judge_fp16_gate(result, verdicts.FP16_MIN_PSNR, on=("real_image",))
+        result = precision_gate(ctx.loaded.net, runner, precision)
     return replace(result, facts={"gate_device": "cpu"})
 
 

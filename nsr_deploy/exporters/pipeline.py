@@ -36,6 +36,8 @@ class ExportOptions:
     batch_profile: tuple[int, int, int] | None = None
     workspace_mib: int = 1024
     timing_cache: str | None = None
+    allow_fallback: bool = False  # ExecuTorch: ship a .pte whose sparse layers XNNPACK does not take whole
+    max_side: int | None = None  # ExecuTorch: largest window side the .pte takes (None: its default)
     force: bool = False
     show_progress: bool = True
     conformance: bool = False  # write conformance vectors (docs/contract.md) into the folder

@@ -4,7 +4,8 @@ Written into ``nsr.json`` (``runs_on``) and printed by ``nsr-deploy export``, so
 knows which files a device can use before trying. Stated from what each format is, not measured on
 every device: the ONNX model is standard ONNX at an IR version / opset ONNX Runtime >= 1.17 reads
 (and the node / web packages are tested); an OpenVINO IR needs the OpenVINO that wrote it or newer; a
-TensorRT engine is tied to its TensorRT version and GPU model.
+TensorRT engine is tied to its TensorRT version and GPU model; a ``.pte`` needs an ExecuTorch runtime with the
+delegate it was lowered for (XNNPACK).
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ def tensorrt_runs_on(entry: dict, tools: dict) -> list[str]:
     return [f"TensorRT {tools.get('tensorrt')} on {gpu} only (engines are tied to the TensorRT version and GPU model)"]
 
 
+def executorch_runs_on(entry: dict, tools: dict) -> list[str]:
+    side = (entry.get("size") or {}).get("max_side")
+    return [f"ExecuTorch >= {tools.get('executorch')} built with the XNNPACK backend (Android, iOS, Linux; ARM64 and "
+            f"x86-64 CPUs), {entry.get('io_dtype')} in and out, one patch per call, sides up to {side}"]
+
+
 def runs_on(manifest: dict) -> dict[str, list[str]]:
     """Target -> where its engine runs, for every target in ``manifest``."""
     tools = manifest.get("tools", {})
@@ -41,6 +48,8 @@ def runs_on(manifest: dict) -> dict[str, list[str]]:
             out[name] = openvino_runs_on(entry, tools)
         elif name == "tensorrt":
             out[name] = tensorrt_runs_on(entry, tools)
+        elif name == "executorch":
+            out[name] = executorch_runs_on(entry, tools)
         elif name == "triton":
             out[name] = ["Triton Inference Server, with the backends of the engines it holds"]
     return out

@@ -16,9 +16,12 @@ HONOURED = {
     "tensorrt": {"precision": PRECISIONS_OF_TARGET["tensorrt"], "batch_profile": True, "workspace_mib": True,
                  "timing_cache": True},
     "ncnn": {"precision": PRECISIONS_OF_TARGET["ncnn"]},
+    "executorch": {"precision": PRECISIONS_OF_TARGET["executorch"], "allow_fallback": True,
+                   "max_side": True},
 }
 FLAGS = {"precision": "--precision", "calib": "--calib", "gate_images": "--gate-images",
-         "batch_profile": "--batch-profile", "workspace_mib": "--workspace", "timing_cache": "--timing-cache"}
+         "batch_profile": "--batch-profile", "workspace_mib": "--workspace", "timing_cache": "--timing-cache",
+         "allow_fallback": "--allow-fallback", "max_side": "--max-side"}
 # options that only mean something with int8
 INT8_ONLY = ("calib", "gate_images")
 

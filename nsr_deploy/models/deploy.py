@@ -12,6 +12,8 @@ so a call runs nothing but the mixing and the convolution. Forms:
 ``matmul``    im2col as nine shifted slices, then one batched MatMul per patch. Dynamic batch/size.
 ``dense-mix`` static convs for all k groups, then the gamma-weighted sum (exact by linearity;
               k times the FLOPs, static weights). Dynamic batch/size.
+``scaled-mix`` the same sum written for ExecuTorch's XNNPACK delegate (:mod:`.deploy_xnnpack`): no reshape
+              of a spatial tensor, pixel shuffle as a transposed conv. Fixed batch, dynamic size.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nsr_deploy.capabilities import DEPLOY_FORMS as CONV_FORMS
-from nsr_deploy.capabilities import STATIC_BATCH_FORMS
+from nsr_deploy.capabilities import EXECUTORCH_FORM, STATIC_BATCH_FORMS
 from nsr_deploy.models.conv import Conv2d
 from nsr_deploy.models.network import NSRNet
 from nsr_deploy.models.sparse_conv import SparseConv2d
@@ -119,6 +121,10 @@ class FoldedConv(nn.Module):
 
 def _rewrite(module: nn.Module, form: str, patch_batch: int | None) -> nn.Module:
     if isinstance(module, SparseConv2d):
+        if form == EXECUTORCH_FORM:
+            from nsr_deploy.models.deploy_xnnpack import ScaledMixConv
+
+            return ScaledMixConv(module)
         return DeploySparseConv(module, form, patch_batch)
     if isinstance(module, Conv2d):
         return FoldedConv(module)
@@ -145,12 +151,19 @@ class DeployNet(nn.Module):
         src = copy.deepcopy(net).eval()
         self.body = _rewrite(src.body, form, patch_batch)
         self.skip = _rewrite(src.skip, form, patch_batch)
+        self.shuffle = None
+        if form == EXECUTORCH_FORM and self.config.scale > 1:
+            from nsr_deploy.models.deploy_xnnpack import ShuffleConv
+
+            self.shuffle = ShuffleConv(self.config.channels, self.config.scale)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         xm = x - cfg.image_mean
         s = xm * valid
         y = self.body(xm) + (self.skip(s) if len(self.skip) else s)
-        if cfg.scale > 1:
+        if self.shuffle is not None:
+            y = self.shuffle(y)
+        elif cfg.scale > 1:
             y = F.pixel_shuffle(y, cfg.scale)
         return y + cfg.image_mean
