@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import numpy as np
 
-FORM = "folded"
-
 
 def _const(array) -> object:
     import openvino.opset13 as ops
