@@ -10,6 +10,9 @@ Conv forms (how the per-patch convolution is written in the graph, see :mod:`nsr
 ``dense-mix``  static convs for all k groups, then the gamma-weighted sum; dynamic batch and size
 ``scaled-mix`` ExecuTorch only: ``dense-mix``'s sum written with the ops XNNPACK delegates at dynamic sizes
                (:mod:`nsr_deploy.models.deploy_xnnpack`); fixed batch, dynamic size
+``folded``     OpenVINO only: built from OpenVINO opsets, the patch batch folded into channels from head to
+               tail (:mod:`nsr_deploy.exporters.openvino_folded`); fixed batch. ``model.onnx`` stays portable
+               (``grouped``) beside it; ``auto`` gives a sparse model's OpenVINO IR this form.
 ``nchwc``      ONNX Runtime's internal blocked layout; fixed batch, ONNX Runtime on x86 only. Not an export
                form: the ONNX Runtime runner builds it at load from the portable model
                (:mod:`nsr_deploy.runtimes.ort_specialise`); the bench also builds it from torch
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 # -- conv forms --------------------------------------------------------------------------------------
 DEPLOY_FORMS = ("grouped", "matmul", "dense-mix")  # traced from the deploy rewrite: every runtime reads them
 ORT_ONLY_FORMS = ("nchwc",)
+OPENVINO_ONLY_FORMS = ("folded",)  # OpenVINO graphs built from its opsets; model.onnx is then PORTABLE_FORM
 ONNX_FORMS = (*DEPLOY_FORMS, *ORT_ONLY_FORMS)
 # ExecuTorch's form when the export's is not a deploy form (auto, tune, nchwc): the only one XNNPACK delegates
 # whole (grouped leaves its runtime-weight conv, matmul its slices and symbolic reshapes to portable kernels)
@@ -34,21 +38,24 @@ EXECUTORCH_ONLY_FORMS = (EXECUTORCH_FORM,)
 EXPORT_FORMS = DEPLOY_FORMS  # what model.onnx may hold: portable forms only
 AUTO_FORM = "auto"  # by rule: AUTO_SPARSE_FORM / AUTO_DENSE_FORM (TensorRT ranks its own by documented support)
 TUNE_FORM = "tune"  # time the export forms in ONNX Runtime on this machine, keep the fastest
-FORM_CHOICES = (*EXPORT_FORMS, AUTO_FORM, TUNE_FORM)
+FORM_CHOICES = (*EXPORT_FORMS, *OPENVINO_ONLY_FORMS, AUTO_FORM, TUNE_FORM)
 # the rule: a sparse model gets the form every runtime runs fastest on CPUs and that ONNX Runtime's runner
 # specialises to NCHWc at load; a dense model has no per-patch conv (every form is one graph): dynamic batch
 AUTO_SPARSE_FORM = "grouped"
 AUTO_DENSE_FORM = "matmul"
+# OpenVINO's own rule under auto: a sparse model's IR is built folded (no layout Reorders around the per-patch
+# convs, bias/ReLU/residual on one tensor); a dense model's IR is lowered from model.onnx as before
+OPENVINO_AUTO_SPARSE_FORM = "folded"
 # forms whose mixing MatMul carries the stacked kernels ONNX Runtime's runner reads back to specialise at load
 SPECIALISABLE_FORMS = ("grouped", "matmul")
 AT_LOAD_FORM = "nchwc-at-load"  # bench only: the portable grouped file as the ONNX Runtime runner specialises it
 ORT_BENCH_FORMS = (*ONNX_FORMS, AT_LOAD_FORM)  # what the bench times in ONNX Runtime
-BENCH_FORMS = (*ORT_BENCH_FORMS, *EXECUTORCH_ONLY_FORMS)
-STATIC_BATCH_FORMS = ("grouped", "nchwc", EXECUTORCH_FORM)  # the patch batch is fixed in the graph
+BENCH_FORMS = (*ORT_BENCH_FORMS, *OPENVINO_ONLY_FORMS, *EXECUTORCH_ONLY_FORMS)
+STATIC_BATCH_FORMS = ("grouped", "nchwc", *OPENVINO_ONLY_FORMS, EXECUTORCH_FORM)  # batch fixed in the graph
 PORTABLE_FORM = "grouped"  # the ONNX twin other runtimes get when model.onnx is ORT-only
 # dense-mix evaluates all k groups (k times the FLOPs by construction), so it cannot show the saving
 # the bench is about; it is timed only when asked for (--conv-forms).
-BENCH_DEFAULT_FORMS = ("grouped", "matmul", "nchwc", EXECUTORCH_FORM)
+BENCH_DEFAULT_FORMS = ("grouped", "matmul", "nchwc", *OPENVINO_ONLY_FORMS, EXECUTORCH_FORM)
 # TensorRT's own choice among equally supported forms (FLOPs decide first): tie-break only
 TENSORRT_FORM_ORDER = ("matmul", "dense-mix", "grouped")
 TIMING_TWIN_FORM = "matmul"  # a dense twin has no sparse conv: every form traces to the same plain convs
@@ -76,8 +83,8 @@ BACKEND_TABLE = (
     Backend("torch", "nsr_deploy.runtimes.torch_runner", "TorchRunner", None, None, (), "cpu", True, True),
     Backend("onnxruntime", "nsr_deploy.runtimes.ort_runner", "OrtRunner", "onnx", ".onnx", ORT_BENCH_FORMS, "cpu",
             True, True),
-    Backend("openvino", "nsr_deploy.runtimes.ov_runner", "OvRunner", "openvino", ".xml", DEPLOY_FORMS, "cpu",
-            True, True),
+    Backend("openvino", "nsr_deploy.runtimes.ov_runner", "OvRunner", "openvino", ".xml",
+            (*DEPLOY_FORMS, *OPENVINO_ONLY_FORMS), "cpu", True, True),
     Backend("tensorrt", "nsr_deploy.runtimes.trt_runner", "TrtRunner", "tensorrt", ".engine", DEPLOY_FORMS, "gpu",
             False, False),
     Backend("ncnn", "nsr_deploy.runtimes.ncnn_runner", "NcnnRunner", "ncnn", ".param", DEPLOY_FORMS, "cpu",
@@ -100,9 +107,14 @@ LAYER_BACKENDS = tuple(b.name for b in BACKEND_TABLE if b.layer_graphs)
 TWIN_BACKENDS = tuple(b.name for b in BACKEND_TABLE if b.dense_twin)
 
 # -- export targets -------------------------------------------------------------------------------------
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 PRECISIONS_OF_TARGET = {"onnx": ("fp32", "fp16"), "openvino": PRECISIONS, "tensorrt": ("fp32", "fp16"),
                         "ncnn": ("fp32", "fp16"), "executorch": ("fp32", "fp16")}
+# bf16 is an execution precision (f32 weights, the CPU plugin computes in bf16): only CPUs with AVX-512 BF16 or
+# AMX run it natively, so it is refused elsewhere; the probe lives in nsr_deploy.runtimes.cpu_bf16
+BF16_NEEDS = "a CPU with AVX-512 BF16 or AMX (cpuinfo flag avx512_bf16 or amx_bf16; OpenVINO capability BF16)"
+# the precisions the bench times each engine at, against the dense twin at the same precision
+BENCH_PRECISIONS = ("fp32", "bf16", "int8")
 ENGINE_TARGETS = tuple(PRECISIONS_OF_TARGET)  # build an engine file; onnx first: the others lower from it
 SERVER_TARGETS = ("onnx", "openvino", "tensorrt")  # engines a server (Triton) runs; ncnn, executorch: devices
 # Targets that lay out the engines built before them (a folder layout, not an engine): never part of

@@ -105,10 +105,11 @@ def _describe_check(check: dict) -> str:
                    "and the targets (same file on every machine); tune: time every form that passes parity on this "
                    "machine and keep the fastest (machine-specific, recorded in nsr.json).")
 @click.option("--patch-batch", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Patches per engine call (fixed for the 'grouped' form).")
+              help="Patches per engine call (fixed for the 'grouped' and 'folded' forms).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13-20).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="OpenVINO/TensorRT/ONNX precision (fp16 with onnx/tensorrt/all adds model.fp16.onnx).")
+              help="OpenVINO/TensorRT/ONNX precision (fp16 with onnx/tensorrt/all adds model.fp16.onnx; bf16: "
+                   "OpenVINO on CPUs with AVX-512 BF16 or AMX).")
 @click.option("--calib", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of calibration images for int8 (default: bundled samples).")
 @click.option("--gate-images", type=click.Path(exists=True, file_okay=False), default=None,

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from nsr_deploy.capabilities import EXPORTED_BACKENDS, GPU_BACKENDS, TARGET_OF_BACKEND, forms_of
 
 FORM_NOT_HERE = {"nchwc": "ONNX Runtime's internal NCHWc ops: only ONNX Runtime runs them",
-                 "nchwc-at-load": "ONNX Runtime's load-time specialisation: only its runner does it"}
+                 "nchwc-at-load": "ONNX Runtime's load-time specialisation: only its runner does it",
+                 "folded": "OpenVINO's own graph (built from its opsets): only OpenVINO runs it"}
 THREAD_KNOB = {"torch": "torch.set_num_threads({n})",
                "onnxruntime": "SessionOptions.intra_op_num_threads={n}, inter_op_num_threads=1",
                "openvino": "INFERENCE_NUM_THREADS={n}, PERFORMANCE_HINT=LATENCY (one stream)",

@@ -19,6 +19,7 @@ from nsr_deploy.capabilities import (
     AT_LOAD_FORM,
     BACKEND_OF_TARGET,
     ONNX_FORMS,
+    OPENVINO_ONLY_FORMS,
     REFERENCE_BACKEND,
     TARGET_OF_BACKEND,
     TIMING_TWIN_FORM,
@@ -138,8 +139,9 @@ class EngineFactory:
             from nsr_deploy.exporters.pipeline import build_ungated
 
             folder = self.scratch / f"{'twin' if twin else 'model'}-{form}-{precision}"
+            lowered_from = () if form in OPENVINO_ONLY_FORMS else (self._onnx(form, twin),)  # folded: no ONNX
             return build_ungated(self.twin if twin else self.loaded, folder, "openvino",
-                                 self._options(form, precision), (self._onnx(form, twin),)).path
+                                 self._options(form, precision), lowered_from).path
 
         return self._built(("openvino", form, precision, twin), build)
 
@@ -159,6 +161,10 @@ class EngineFactory:
         cls = runner_class(spec.backend)
         if spec.backend == REFERENCE_BACKEND:
             model = self.model_of(spec)
+            if spec.form:  # torch.compile of the reference network, for this batch of patches
+                from nsr_deploy.bench.precisions import compiled_runner
+
+                return compiled_runner(model, self.threads, model.config.patch_size, self.patch_batch)
             return cls(model.source, self.threads, net=model.net)
         target = TARGET_OF_BACKEND.get(spec.backend)
         if target == "onnx" and spec.precision != "fp32":

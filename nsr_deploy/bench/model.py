@@ -27,6 +27,7 @@ import numpy as np
 from nsr_deploy.bench.context import BenchContext, Job
 from nsr_deploy.bench.engines import EngineSpec, engine_specs
 from nsr_deploy.bench.images import bench_input
+from nsr_deploy.bench.precisions import COMPILE_FORM, compile_spec, precision_specs
 from nsr_deploy.bench.table import Table, fmt
 from nsr_deploy.capabilities import TWIN_BACKENDS
 from nsr_deploy.checks.compare import random_patches
@@ -45,6 +46,11 @@ class ModelSuite:
         self.specs, self.skipped = engine_specs(ctx.backends, ctx.settings.conv_forms, ctx.loaded.config)
         self.twins = [EngineSpec(b, None if b == "torch" else "matmul", twin=True)
                       for b in ctx.backends.used if b in TWIN_BACKENDS]
+        # patch batch only: each reduced precision (sparse and twin) and torch.compile, the competitor
+        self.precision_specs, skipped = precision_specs(ctx.backends.used, ctx.loaded.config)
+        self.precision_specs += compile_spec(ctx.backends.used)
+        self.precision_skipped = skipped
+        self.skipped.update(skipped)
         self.image_rows: list[dict] = []
         self.patch_rows: list[dict] = []
         self._x = None
@@ -66,7 +72,8 @@ class ModelSuite:
         for spec in self.specs:
             jobs += [Job(f"model {spec.label} {t}", lambda s=spec, t=t: self.time_image(s, t)) for t in self.p.tilings]
         jobs += [Job(f"model {s.label}", lambda s=s: self.time_image(s, "exact")) for s in self.twins]
-        jobs += [Job(f"patches {s.label}", lambda s=s: self.prepare_patches(s)) for s in self.specs + self.twins]
+        jobs += [Job(f"patches {s.label}", lambda s=s: self.prepare_patches(s))
+                 for s in self.specs + self.twins + self.precision_specs]
         jobs.append(Job("patches timing", self.time_patches))
         return jobs
 
@@ -155,12 +162,14 @@ class ModelSuite:
         ref = self._median(self.image_rows, engine=REFERENCE_PATH)
         for r in self.image_rows:
             r["speedup_vs_reference_path"] = round(ref / r["median_ms"], 3) if ref and "median_ms" in r else None
-        eager = self._median(self.patch_rows, backend="torch", dense_twin=False)
-        for r in self.patch_rows:
-            twin = self._median(self.patch_rows, backend=r["backend"], dense_twin=True)
+        eager = self._median(self.patch_rows, backend="torch", form=None, dense_twin=False)
+        compiled = self._median(self.patch_rows, backend="torch", form=COMPILE_FORM)
+        for r in self.patch_rows:  # the twin in the same runtime at the same precision
+            twin = self._median(self.patch_rows, backend=r["backend"], dense_twin=True, precision=r["precision"])
             ok = "median_ms" in r
             r["vs_dense_twin"] = round(r["median_ms"] / twin, 3) if ok and twin and not r["dense_twin"] else None
             r["vs_torch_eager"] = round(r["median_ms"] / eager, 3) if ok and eager else None
+            r["vs_torch_compile"] = round(r["median_ms"] / compiled, 3) if ok and compiled else None
         cfg, p = self.config, self.p
         return {"model": self.ctx.loaded.name, "config": cfg.to_dict(),
                 "mflops_per_pixel": round(cfg.flops_per_pixel() / 1e6, 4),
@@ -203,18 +212,23 @@ class ModelSuite:
 
     def _patch_table(self) -> Table:
         p = self.p
-        header = ["engine", "median ms", "p90 ms", "GFLOP/s", "of sgemm", "/ dense twin", "/ torch eager"]
+        header = ["engine", "median ms", "p90 ms", "GFLOP/s", "of sgemm", "/ dense twin", "/ torch eager",
+                  "/ torch.compile"]
         rows = []
         for r in self.patch_rows:
             if "median_ms" not in r:
-                rows.append([r["engine"], *["-"] * 5, "failed" if "error" in r else "-"])
+                rows.append([r["engine"], *["-"] * 6, "failed" if "error" in r else "-"])
                 continue
             rows.append([r["engine"], fmt(r["median_ms"], ".1f"), fmt(r["p90_ms"], ".1f"), fmt(r["gflops"], ".1f"),
-                         fmt(r["of_sgemm"], ".0%"), fmt(r["vs_dense_twin"], ".2f"), fmt(r["vs_torch_eager"], ".2f")])
+                         fmt(r["of_sgemm"], ".0%"), fmt(r["vs_dense_twin"], ".2f"), fmt(r["vs_torch_eager"], ".2f"),
+                         fmt(r["vs_torch_compile"], ".2f")])
         notes = [f"median / p90 of {p.patch_runs} runs after {p.patch_warmup} warm-up, straight through each runner; "
                  "every engine's runs interleaved in rounds, so that drift of the machine moves them alike",
-                 "latency ratios (lower is faster): engine / the dense twin in the same runtime; "
-                 "engine / PyTorch eager on the same patches"]
+                 "latency ratios (lower is faster): engine / the dense twin in the same runtime at the same "
+                 "precision; engine / PyTorch eager and / torch.compile (inductor, CPU) on the same patches",
+                 "bf16 / int8 rows: the sparse model as --target openvino --conv-form auto exports it, and the twin, "
+                 "both at that precision (bf16: INFERENCE_PRECISION_HINT=bf16; int8: the gated int8 export)"]
+        notes += [f"absent {what}: {why}" for what, why in self.precision_skipped.items()]
         notes += [f"{r['engine']}: {r['error']}" for r in self.patch_rows if "error" in r]
         cfg = self.config
         return Table(f"patch batch: {p.patch_batch} patches of {cfg.patch_size}x{cfg.patch_size} (the performance "

@@ -13,13 +13,25 @@ The rule (forms: :mod:`nsr_deploy.models.deploy`):
   Runtime runner reads back to build its blocked NCHWc engine at load time. Its patch batch is fixed
   (``Conv.group`` is an attribute); runners keep short calls from computing the padding.
 
+OpenVINO has a rule of its own (:func:`openvino_form`): a sparse model's IR is built ``folded`` from
+OpenVINO's opsets (:mod:`.openvino_folded`), not lowered from ``model.onnx``: the ``grouped`` graph's
+batch <-> channel Reshapes around every per-patch conv cost the CPU plugin layout Reorders and leave the
+bias, ReLU and residual unfused (per-op profile in README). A dense model has no per-patch conv: its IR is
+lowered from ``model.onnx``.
+
 Timing the candidates is still there, as the explicit opt-in ``--conv-form tune`` (machine-specific).
 The rule's data lives in :mod:`nsr_deploy.capabilities`.
 """
 
 from __future__ import annotations
 
-from nsr_deploy.capabilities import AUTO_DENSE_FORM, AUTO_SPARSE_FORM
+from nsr_deploy.capabilities import (
+    AUTO_DENSE_FORM,
+    AUTO_FORM,
+    AUTO_SPARSE_FORM,
+    OPENVINO_AUTO_SPARSE_FORM,
+    OPENVINO_ONLY_FORMS,
+)
 
 
 def auto_form(config, targets: list[str] | tuple[str, ...] = ("onnx",)) -> tuple[str, str]:
@@ -29,3 +41,14 @@ def auto_form(config, targets: list[str] | tuple[str, ...] = ("onnx",)) -> tuple
     runtimes = ", ".join(t for t in targets if t != "onnx") or "onnx"
     return AUTO_SPARSE_FORM, (f"sparse model for {runtimes}: grouped is standard ONNX every runtime runs, the "
                               "fastest portable form on CPUs, and what ONNX Runtime specialises to NCHWc at load")
+
+
+def openvino_form(config, conv_form: str) -> tuple[str | None, str | None]:
+    """OpenVINO's own form and why, or (None, None) when its IR is lowered from ``model.onnx``."""
+    if conv_form in OPENVINO_ONLY_FORMS:
+        return conv_form, "asked for"
+    if conv_form == AUTO_FORM and config.sparse:
+        return OPENVINO_AUTO_SPARSE_FORM, ("sparse model for openvino: built from OpenVINO opsets with the patch batch "
+                                           "folded into channels head to tail (no layout Reorders around the per-patch "
+                                           "convs; bias, ReLU and residual on one tensor)")
+    return None, None

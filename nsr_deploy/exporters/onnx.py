@@ -14,7 +14,15 @@ builds it at load for its own CPU (:mod:`nsr_deploy.runtimes.ort_specialise`).
 
 from __future__ import annotations
 
-from nsr_deploy.capabilities import AUTO_FORM, FORM_CHOICES, ORT_ONLY_FORMS, STATIC_BATCH_FORMS, TUNE_FORM
+from nsr_deploy.capabilities import (
+    AUTO_FORM,
+    FORM_CHOICES,
+    OPENVINO_ONLY_FORMS,
+    ORT_ONLY_FORMS,
+    PORTABLE_FORM,
+    STATIC_BATCH_FORMS,
+    TUNE_FORM,
+)
 from nsr_deploy.checks.results import GateResult
 from nsr_deploy.errors import NSRError
 from nsr_deploy.exporters.common import base_manifest, sha256_bytes, tool_versions
@@ -66,6 +74,9 @@ def build(ctx) -> Artifact:
 
             form, tuned = choose_form(loaded, batch_for_static, opts.opset, opts.threads, ctx.scratch)
             choice = {"tune": tuned}
+        elif form in OPENVINO_ONLY_FORMS:  # OpenVINO builds its own graph; model.onnx stays portable
+            choice = {"portable_instead_of": {form: f"an OpenVINO-only form: model.onnx is {PORTABLE_FORM}"}}
+            form = PORTABLE_FORM
     batch = batch_for_static if form in STATIC_BATCH_FORMS else None
     model = build_onnx(loaded, form, batch, opts.opset, ctx.stages)
     data = model.SerializeToString()

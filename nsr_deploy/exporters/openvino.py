@@ -1,6 +1,6 @@
 """OpenVINO target: the parity-checked ONNX model -> OpenVINO IR (``model.xml`` + ``model.bin``).
 
-    nsr-deploy export ckpt.pt --target openvino [--precision fp32|fp16|int8] [--calib DIR]
+    nsr-deploy export ckpt.pt --target openvino [--precision fp32|fp16|bf16|int8] [--calib DIR]
 
 Precisions, and the gate each must pass before the export folder appears (pipeline: temp folder,
 renamed only on success):
@@ -13,6 +13,12 @@ renamed only on success):
           otherwise default to bf16 execution). The sparsity softmax and the kernel mixing must run
           in f32: the compiled model's runtime graph is checked for it. Gate: max abs <= 5e-3 and PSNR
           of the restored image against the fp32 reference >= 45 dB.
+``bf16``  weights stored f32; the manifest and the IR say bf16 and the runner compiles with
+          ``INFERENCE_PRECISION_HINT=bf16`` on CPUs with AVX-512 BF16 or AMX (refused at export elsewhere,
+          :mod:`nsr_deploy.runtimes.cpu_bf16`). The pooling MLP, the softmax and the kernel mixing carry
+          OpenVINO's ``precise`` attribute (:mod:`.openvino_precise`) and run f32 (checked in the compiled
+          model). Gate (:mod:`nsr_deploy.checks.bf16`): max abs and PSNR against the fp32 reference on random
+          patches and a real image, and the task PSNR drop from fp32 on the bundled photos.
 ``int8``  NNCF post-training quantization, see :mod:`~nsr_deploy.exporters.openvino_int8`. Gate:
           task PSNR against ground truth drops <= 0.3 dB from the fp32 reference; one retry with the
           tail / skip convs float. The manifest lists which layers run int8 and why the others don't.
@@ -20,10 +26,13 @@ renamed only on success):
           bundled metadata's task (sr / noise / jpeg), else bicubic SR when scale > 1 and Gaussian
           noise, sigma 25, at scale 1 (:mod:`~nsr_deploy.checks.task`).
 
-Shapes follow the ONNX model: the ``grouped`` form has a static patch batch (``Conv.group`` is an
-attribute), the other forms are dynamic in batch and size; the runner fixes them at load time on
-request (``OvRunner(tile_batch=..., shape=...)``) without re-export. The IR carries the manifest's
-I/O contract and its precision in its rt_info, so a bare ``model.xml`` describes itself.
+Graph: a sparse model's IR is built ``folded`` from OpenVINO opsets (:mod:`.openvino_folded`) when the conv
+form is ``auto`` or ``folded`` (the rule: :func:`~.form_rule.openvino_form`); otherwise, and for dense
+models, it is lowered from the ONNX model. Shapes: ``folded`` and ``grouped`` have a static patch batch
+(the kernels' first dim; ONNX ``Conv.group`` is an attribute), the other forms are dynamic in batch and
+size; the runner fixes them at load time on request (``OvRunner(tile_batch=..., shape=...)``) without
+re-export. The IR carries the manifest's I/O contract and its precision in its rt_info, so a bare
+``model.xml`` describes itself.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
-from nsr_deploy.capabilities import PRECISIONS_OF_TARGET
+from nsr_deploy.capabilities import BF16_NEEDS, PRECISIONS_OF_TARGET
 from nsr_deploy.checks.gates import precision_gate
 from nsr_deploy.checks.results import GateResult
 from nsr_deploy.checks.samples import sample_folder
@@ -47,8 +56,13 @@ NAME = "openvino"
 STAGES = ["openvino-convert", "openvino-compress", "openvino-parity"]
 MODEL_FILE = "model.xml"
 PRECISIONS = PRECISIONS_OF_TARGET["openvino"]
-WEIGHTS_STORED = {"fp32": "f32", "fp16": "f16", "int8": "i8 for the quantized convs, f32 for the rest"}
+WEIGHTS_STORED = {"fp32": "f32", "fp16": "f16", "bf16": "f32 (computed in bf16 by the CPU plugin)",
+                  "int8": "i8 for the quantized convs, f32 for the rest"}
 MUST_RUN_F32 = ("softmax", "kernel_mixing")
+BF16_MUST_RUN_F32 = ("pooling_mlp", *MUST_RUN_F32)  # marked precise in a bf16 IR
+EXECUTION = {"bf16": "bf16 where the CPU has AVX-512 BF16 or AMX (INFERENCE_PRECISION_HINT=bf16; the runner falls "
+                     "back to f32 elsewhere); pooling MLP, softmax and kernel mixing f32",
+             "int8": "f32 (INFERENCE_PRECISION_HINT pinned by the runner); int8 layers run int8"}
 RUNTIME_PRECISION_NOTE = ("per op role, the runtimePrecision the CPU plugin's runtime graph reports; on ops with "
                           "weights 'f16' reflects the half weights (their outputs stay f32), 'u8'/'i8' is int8 "
                           "execution")
@@ -65,6 +79,12 @@ def validate_options(options) -> None:
     """Refuse what this target cannot honour before any work (the pipeline calls it up front)."""
     if options.precision not in PRECISIONS:
         raise NSRError(f"OpenVINO supports precisions {', '.join(PRECISIONS)}, not {options.precision!r}")
+    if options.precision == "bf16":
+        from nsr_deploy.runtimes.cpu_bf16 import bf16_unavailable
+
+        why = bf16_unavailable()
+        if why:
+            raise NSRError(f"--precision bf16 needs {BF16_NEEDS}: {why}")
     if options.precision == "int8":
         _require_nncf()
         if options.calib:
@@ -151,7 +171,7 @@ def check_execution(runner, ops, precision: str) -> dict[str, list[str]]:
     from nsr_deploy.exporters.openvino_graph import runtime_precisions
 
     used = runtime_precisions(runner.runtime_ops(), ops)
-    for role in MUST_RUN_F32:
+    for role in BF16_MUST_RUN_F32 if precision == "bf16" else MUST_RUN_F32:
         if role in used and used[role] != ["f32"]:
             raise NSRError(f"OpenVINO {precision}: the {role.replace('_', ' ')} would run in "
                            f"{'/'.join(used[role])}, not f32; nothing written")
@@ -164,21 +184,32 @@ def build(ctx) -> Artifact:
     task gate (a retry with the last layers float); the gate step then returns the kept attempt's."""
     import openvino as ov
 
+    from nsr_deploy.exporters.form_rule import openvino_form
     from nsr_deploy.exporters.openvino_graph import classify
 
     validate_options(ctx.options)
     precision = ctx.options.precision
     path = ctx.folder / MODEL_FILE
+    form, why = openvino_form(ctx.loaded.config, ctx.options.conv_form)
     with ctx.stages.stage("openvino-convert"):
-        contract = contract_of(ctx.manifest, ctx.onnx_path)
-        model = convert(ctx.onnx_path)
+        if form:
+            model, contract = _folded(ctx, form)
+        else:
+            contract = contract_of(ctx.manifest, ctx.onnx_path)
+            model = convert(ctx.onnx_path)
         ops = classify(model)
-    state, entry = ops, {}
+    state, entry = ops, ({"auto": {"rule": why}} if form and why != "asked for" else {})
     if precision == "int8":
-        state, entry = _build_int8(ctx, model, ops, path, contract)
+        state, more = _build_int8(ctx, model, ops, path, contract)
+        entry.update(more)
     else:
         with ctx.stages.stage("openvino-compress"):
             save(model, path, precision, contract)
+            if precision == "bf16":
+                from nsr_deploy.exporters.openvino_graph import routing_names
+                from nsr_deploy.exporters.openvino_precise import mark_precise
+
+                mark_precise(path, routing_names(model, ops, BF16_MUST_RUN_F32))
     tools = {"openvino": metadata.version("openvino"), "openvino_build": ov.get_version()}
     if precision == "int8":
         tools["nncf"] = metadata.version("nncf")
@@ -193,13 +224,33 @@ def gate(artifact: Artifact, ctx) -> GateResult:
         return artifact.state
     precision = ctx.options.precision
     with ctx.stages.stage("openvino-parity"), _runner(ctx, artifact.path) as runner:
-        result = float_gate(ctx.loaded, runner, precision)
+        result = _bf16_gate(ctx, runner) if precision == "bf16" else float_gate(ctx.loaded, runner, precision)
         if not result.passed:
             return result
         used = check_execution(runner, artifact.state, precision)
         facts = {"runtime_precisions": used, "runtime_precisions_note": RUNTIME_PRECISION_NOTE,
                  "compile_seconds": round(runner.load_seconds, 3)}
     return replace(result, facts=facts)
+
+
+def _bf16_gate(ctx, runner) -> GateResult:
+    from nsr_deploy.checks.bf16 import bf16_gate
+    from nsr_deploy.checks.task import task_of
+
+    task = task_of(ctx.loaded)
+    references, source = _gate_references(ctx, task)
+    return bf16_gate(ctx.loaded.net, runner, references, task, source)
+
+
+def _folded(ctx, form: str) -> tuple[object, dict]:
+    """The folded ``ov.Model`` and its I/O contract (no ONNX model is lowered: the graph is built here)."""
+    from nsr_deploy.exporters.common import base_manifest
+    from nsr_deploy.exporters.onnx_graph import DEFAULT_PATCH_BATCH, dynamic_axes
+    from nsr_deploy.exporters.openvino_folded import build_folded
+
+    batch = ctx.options.patch_batch or DEFAULT_PATCH_BATCH
+    contract = base_manifest(ctx.loaded, form, batch, dynamic_axes(form))
+    return build_folded(ctx.loaded, batch), {k: contract[k] for k in CONTRACT_KEYS if k in contract}
 
 
 def _runner(ctx, path: Path):
@@ -308,8 +359,9 @@ def _target_entry(path: Path, precision: str, contract: dict, static: int | None
         "conv_form": contract.get("conv_form"),
         "static_batch": static,
         "weights_stored": WEIGHTS_STORED[precision],
-        "execution_precision": "f32 (INFERENCE_PRECISION_HINT pinned by the runner; int8 layers run int8)",
+        "execution_precision": EXECUTION.get(precision, "f32 (INFERENCE_PRECISION_HINT pinned by the runner)"),
         "batch": (f"static {static} (conv form {contract.get('conv_form')!r}: re-export to change it)" if static else
                   "dynamic; fix it at load time with OvRunner(tile_batch=N), no re-export"),
+        **({"needs": BF16_NEEDS} if precision == "bf16" else {}),
         "size": "dynamic; fix it at load time with OvRunner(shape=(h, w))",
     }

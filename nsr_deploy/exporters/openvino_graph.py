@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 COMPUTE_TYPES = ("Convolution", "GroupConvolution", "MatMul")
 # ops a constant passes through on its way to a weight input (decompression, layout, quantization)
 CONST_PASS_THROUGH = ("Convert", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Multiply", "Subtract",
-                      "FakeQuantize")
+                      "FakeQuantize", "Tile")  # Tile: the folded form's per-patch copies of a constant conv
 LAYER_PART = re.compile(r"^(?:body|skip)\.\d+$")
 SEARCH_DEPTH = 6
 
@@ -92,6 +92,7 @@ def _role(node) -> str:
     weights_constant = _is_constant(node.input_value(1))
     if kind in ("Convolution", "GroupConvolution"):
         return "conv" if weights_constant else "per_patch_conv"
+    weights_constant = weights_constant or _is_constant(node.input_value(0))  # the folded MLP: W^T @ pooled^T
     if not weights_constant:
         return "per_patch_conv"  # MatMul of the mixed kernels with the im2col columns
     producers = {src.get_type_name() for src in _ancestors(node, 3)}
@@ -113,6 +114,16 @@ def _bias_adds(node) -> tuple[str, ...]:
     consumers = [t.get_node() for out in node.outputs() for t in out.get_target_inputs()]
     return tuple(c.get_friendly_name() for c in consumers if c.get_type_name() == "Add"
                  and any(_is_constant(c.input_value(i)) for i in range(c.get_input_size())))
+
+
+def routing_names(model, ops: list[GraphOp], roles: tuple[str, ...]) -> list[str]:
+    """Names of the ops of ``roles`` (and their bias Adds) plus the Reshapes that carry their outputs on to
+    the next of them: what must keep f32 between the pooling and the per-patch conv."""
+    names = {n for op in ops if op.role in roles for n in (op.name, *op.aliases)}
+    for node in model.get_ordered_ops():  # producers come first, so a chain of Reshapes is followed
+        if node.get_type_name() == "Reshape" and node.input_value(0).get_node().get_friendly_name() in names:
+            names.add(node.get_friendly_name())
+    return sorted(names)
 
 
 def runtime_precisions(runtime_ops: list[dict], graph_ops: list[GraphOp]) -> dict[str, list[str]]:

@@ -7,7 +7,9 @@ Choices, and why:
   CPUs without native half support, but CPUs with AMX / avx512_bf16 default to bf16 *execution*, which
   would put the sparsity softmax and the kernel mixing in bf16 and make parity depend on the machine.
   Pinning f32 keeps both in f32 everywhere; int8 layers still run in int8 (the hint only governs
-  floating-point ops). ``execution_precision="bf16"`` is there for users who trade parity for speed.
+  floating-point ops). A **bf16 engine** (``--precision bf16``: the IR and the manifest say bf16) is compiled
+  with the bf16 hint where the CPU has AVX-512 BF16 or AMX (its marked routing ops stay f32), and in f32
+  elsewhere (slower, more exact; ``describe()`` says why). ``execution_precision`` overrides either.
 * **Model cache** (``CACHE_DIR``) in ``~/.cache/nsr-deploy/openvino`` (``$XDG_CACHE_HOME`` honoured;
   ``$NSR_DEPLOY_CACHE`` replaces the ``nsr-deploy`` root, ``off`` disables): a second load imports the
   compiled blob instead of compiling. We compile from the ``ov.Model`` rather than the file path: the
@@ -107,12 +109,12 @@ class OvRunner(Runner):
     backend = "openvino"
 
     def __init__(self, path: str, threads: int | None = None, hint: str = "latency", tile_batch: int | None = None,
-                 shape: tuple[int, int] | None = None, cache: bool = True, execution_precision: str = "f32",
+                 shape: tuple[int, int] | None = None, cache: bool = True, execution_precision: str | None = None,
                  device: str = "CPU"):
         super().__init__(path, threads)
         if hint not in HINTS:
             raise NSRError(f"unknown performance hint {hint!r} (choose from {', '.join(HINTS)})")
-        if execution_precision not in EXECUTION_PRECISIONS:
+        if execution_precision is not None and execution_precision not in EXECUTION_PRECISIONS:
             raise NSRError(f"unknown execution precision {execution_precision!r} "
                            f"(choose from {', '.join(EXECUTION_PRECISIONS)})")
         if tile_batch is not None and tile_batch < 1:
@@ -123,7 +125,9 @@ class OvRunner(Runner):
         self.tile_batch = tile_batch
         self.shape = tuple(shape) if shape else None
         self.cache_dir = default_cache_dir() if cache else None
-        self.execution_precision = execution_precision
+        self.execution_precision = execution_precision or "f32"  # settled at load for a bf16 engine
+        self._precision_asked = execution_precision
+        self.execution_note: str | None = None
         self.device = device
         self.precision = _precision_from_manifest(Path(path)) or "unknown until loaded"
         self.load_seconds: float | None = None
@@ -162,6 +166,7 @@ class OvRunner(Runner):
             raise NSRError(f"{path}: OpenVINO cannot read it ({_error_summary(e)})") from None
         self.precision = _precision_from_manifest(path) or ir_metadata(model).get("precision") \
             or _precision_from_weights(model)
+        self._settle_execution_precision()
         self._reshape(model)
         try:
             self.compiled = core.compile_model(model, self.device, self.compile_config())
@@ -173,6 +178,16 @@ class OvRunner(Runner):
         self.static_batch = batch.get_length() if batch.is_static else None
         self._streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._requests = queue.SimpleQueue()
+
+    def _settle_execution_precision(self) -> None:
+        """bf16 for a bf16 engine on a CPU that runs it natively, else f32 (unless the caller chose)."""
+        if self._precision_asked is not None or self.precision != "bf16":
+            return
+        from nsr_deploy.runtimes.cpu_bf16 import bf16_unavailable
+
+        why = bf16_unavailable()
+        self.execution_precision = "f32" if why else "bf16"
+        self.execution_note = f"bf16 engine computed in f32 here: {why}" if why else None
 
     def _ensure_cache_dir(self) -> None:
         """An unwritable cache folder costs speed, not correctness: run without the cache."""
@@ -266,6 +281,7 @@ class OvRunner(Runner):
     def describe(self) -> dict:
         d = super().describe()
         d.update({"device": self.device, "hint": self.hint, "execution_precision": self.execution_precision,
+                  "execution_note": self.execution_note,
                   "tile_batch": self.tile_batch, "shape": list(self.shape) if self.shape else None,
                   "cache_dir": str(self.cache_dir) if self.cache_dir else None,
                   "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),

@@ -1,0 +1,61 @@
+"""The bf16 gate: an engine computed in bfloat16 (8-bit mantissa) against the fp32 PyTorch reference.
+
+bf16 cannot meet the fp32 max-abs tolerance, so it is judged three ways, every one of which must pass:
+
+* random patches and a real image (whole-image semantics, host tiling): max abs <= ``BF16_MAX_ABS``
+  and PSNR against the fp32 reference's output >= ``BF16_MIN_PSNR``;
+* the task: the bundled photos degraded as the model's task says, restored by the engine and by the fp32
+  reference, both scored against ground truth; the mean task PSNR may drop at most
+  ``BF16_MAX_TASK_DROP_DB`` (tighter than int8's: bf16 keeps f32's range and rounds only the mantissa).
+
+Constants are read at call time, so a test can tighten them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from nsr_deploy.checks.results import Check, GateResult
+
+BF16_MAX_ABS = 0.05  # on [0, 1] outputs
+BF16_MIN_PSNR = 40.0  # dB against the fp32 reference's output
+BF16_MAX_TASK_DROP_DB = 0.1
+
+
+def task_drop_check(engine, references, task, source: str | None = None) -> Check:
+    """Mean task PSNR of ``engine`` on the references' degraded images vs the fp32 reference's (Check)."""
+    from nsr_deploy.checks.task import task_psnr
+
+    rows, got_psnr, worst = [], [], 0.0
+    for ref in references:
+        got = engine.restore_chw(ref.x)
+        worst = max(worst, float(np.max(np.abs(got - ref.fp32))))
+        got_psnr.append(task_psnr(got, ref.ground_truth, task))
+        rows.append({"image": ref.name, "fp32_psnr": round(ref.fp32_psnr, 3), "bf16_psnr": round(got_psnr[-1], 3)})
+    p32, p16 = float(np.mean([r.fp32_psnr for r in references])), float(np.mean(got_psnr))
+    drop, limit = p32 - p16, BF16_MAX_TASK_DROP_DB
+    where = f" from {source}" if source else ""
+    detail = (f"{task.describe()}; {len(references)} images{where}: fp32 {p32:.2f} dB, bf16 {p16:.2f} dB, "
+              f"drop {drop:.3f} dB (<= {limit:g})")
+    figures = {"drop_db": round(drop, 3), "fp32_psnr": round(p32, 3), "bf16_psnr": round(p16, 3), "images": rows,
+               "max_abs_vs": "fp32 reference output"}
+    return Check("task_psnr_drop", worst, p16, limit, drop <= limit, detail, figures=figures)
+
+
+def bf16_gate(net, runner, references, task, source: str | None = None,
+              sample: tuple[np.ndarray, str] | None = None) -> GateResult:
+    """Random patches and a real image within ``BF16_MAX_ABS`` and ``BF16_MIN_PSNR`` of the fp32 reference,
+    and the task PSNR drop on ``references`` (:func:`~nsr_deploy.checks.gates.task_references`)."""
+    from nsr_deploy.checks.gates import float_gate
+    from nsr_deploy.runtimes.engine import Engine
+
+    floor = BF16_MIN_PSNR
+    gate = float_gate(net, runner, BF16_MAX_ABS, sample)
+    checks = [replace(c, passed=c.passed and bool(c.psnr >= floor), min_psnr=floor,
+                      detail=f"{c.detail}; PSNR vs fp32 reference {c.psnr_rounded} dB (>= {floor:g})")
+              for c in gate.checks]
+    checks.append(task_drop_check(Engine(runner, net.config), references, task, source))
+    return GateResult(tuple(checks), {"tolerance_max_abs": BF16_MAX_ABS, "min_psnr": floor,
+                                      "tolerance_drop_db": BF16_MAX_TASK_DROP_DB, "task": task.as_dict()})
