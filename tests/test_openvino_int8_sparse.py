@@ -3,6 +3,8 @@ PyTorch network, its per-patch convs really *execute* in int8 in the compiled mo
 oneDNN int8 primitives), the int8 output stays close to the independent float computation on a real
 photo, the bundled denoiser passes the 0.1 dB task gate, and a failed gate writes nothing."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +122,29 @@ def test_failed_gate_writes_nothing(tiny, tmp_path, data_dir):
         build_int8_sparse_ir(tiny, out, calib=str(data_dir / "CSet5"), gate_images=str(data_dir / "CSet5"),
                              patch_batch=BATCH, threads=1, tolerance=-1.0)
     assert not out.exists()
+
+
+def test_export_auto_int8_of_a_sparse_model_takes_the_per_patch_int8_path(tmp_path, data_dir):
+    """`export --target openvino --precision int8` with the default form: a sparse model's IR is the
+    graph with every conv int8 (not NNCF's, which leaves the per-patch convs float), task-gated, and it
+    restores a real photo close to the fp32 PyTorch reference."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from nsr_deploy.cli import main
+    from nsr_deploy.runtimes import load
+
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["export", "sr-x2", "--target", "openvino", "--precision", "int8",
+                                    "--threads", "1", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "nsr.json").read_text())
+    entry, gate = doc["targets"]["openvino"], doc["parity"]["openvino/int8"]
+    assert entry["conv_form"] == "folded" and "openvino_int8_graph" in entry["int8"]["form"]
+    final = entry["int8"]["attempts"][-1]
+    assert gate["passed"] and final["passed"] and final["drop_db"] <= 0.1 and final["unexpected_float"] == []
+    assert final["int8_layers"] >= 2 * load_model("sr-x2").config.num_blocks  # the per-patch convs among them
+    lr = np.asarray(Image.open(sorted((data_dir / "CSet5").iterdir())[0]).convert("RGB"))[:96, :96]
+    with load(out, threads=1) as engine, load("sr-x2", backend="torch", threads=1) as reference:
+        got, want = engine.restore(lr).astype(float), reference.restore(lr).astype(float)
+    assert 10 * np.log10(255 ** 2 / np.mean((got - want) ** 2)) > 40
