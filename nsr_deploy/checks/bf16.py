@@ -26,14 +26,9 @@ BF16_MAX_TASK_DROP_DB = 0.1
 
 def task_drop_check(engine, references, task, source: str | None = None) -> Check:
     """Mean task PSNR of ``engine`` on the references' degraded images vs the fp32 reference's (Check)."""
-    from nsr_deploy.checks.task import task_psnr
+    from nsr_deploy.checks.gates import task_scores
 
-    rows, got_psnr, worst = [], [], 0.0
-    for ref in references:
-        got = engine.restore_chw(ref.x)
-        worst = max(worst, float(np.max(np.abs(got - ref.fp32))))
-        got_psnr.append(task_psnr(got, ref.ground_truth, task))
-        rows.append({"image": ref.name, "fp32_psnr": round(ref.fp32_psnr, 3), "bf16_psnr": round(got_psnr[-1], 3)})
+    rows, got_psnr, worst = task_scores(engine, references, task, "bf16")
     p32, p16 = float(np.mean([r.fp32_psnr for r in references])), float(np.mean(got_psnr))
     drop, limit = p32 - p16, BF16_MAX_TASK_DROP_DB
     where = f" from {source}" if source else ""

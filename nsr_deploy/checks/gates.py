@@ -86,19 +86,27 @@ def task_references(net, images: list[tuple[str, np.ndarray]], task, seed: int =
     return out
 
 
-def task_drop_gate(engine, references: list[TaskReference], task, source: str | None = None,
-                   tolerance: float | None = None) -> GateResult:
-    """The engine (with host tiling) on the references' degraded images, scored against ground truth
-    on the task and judged by :func:`~.verdicts.judge_task_drop`."""
+def task_scores(engine, references: list[TaskReference], task, precision: str) -> tuple[list, list, float]:
+    """The engine (with host tiling) on the references' degraded images: per-image rows, its task PSNRs
+    against ground truth, and its worst max abs difference to the fp32 reference's outputs."""
     from nsr_deploy.checks.task import task_psnr
 
-    tolerance = verdicts.INT8_MAX_TASK_DROP_DB if tolerance is None else tolerance
     rows, psnrs, worst = [], [], 0.0
     for ref in references:
         got = engine.restore_chw(ref.x)
         worst = max(worst, float(np.max(np.abs(got - ref.fp32))))
         psnrs.append(task_psnr(got, ref.ground_truth, task))
-        rows.append({"image": ref.name, "fp32_psnr": round(ref.fp32_psnr, 3), "int8_psnr": round(psnrs[-1], 3)})
+        rows.append({"image": ref.name, "fp32_psnr": round(ref.fp32_psnr, 3),
+                     f"{precision}_psnr": round(psnrs[-1], 3)})
+    return rows, psnrs, worst
+
+
+def task_drop_gate(engine, references: list[TaskReference], task, source: str | None = None,
+                   tolerance: float | None = None) -> GateResult:
+    """The engine (with host tiling) on the references' degraded images, scored against ground truth
+    on the task and judged by :func:`~.verdicts.judge_task_drop`."""
+    tolerance = verdicts.INT8_MAX_TASK_DROP_DB if tolerance is None else tolerance
+    rows, psnrs, worst = task_scores(engine, references, task, "int8")
     check = verdicts.judge_task_drop([r.fp32_psnr for r in references], psnrs, worst, task.describe(), source,
                                      tolerance)
     check = replace(check, figures={**check.figures, "images": rows, "max_abs_vs": "fp32 reference output"})
