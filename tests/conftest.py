@@ -70,6 +70,25 @@ def within_contract_tolerance(got: np.ndarray, expected: np.ndarray) -> bool:
 
 # two real photos the device targets' restore tests share: 256x256 and 276x276 (tiled by both tilings)
 DEVICE_PHOTOS = (DATA / "CSet5" / "butterfly.png", DATA / "CSet14" / "face.png")
+# the device targets' (ncnn, ExecuTorch) tiny sparse model, exported at both precisions by their tests
+DEVICE_TINY = NSRConfig(channels=3, scale=2, num_blocks=2, units=16, block_width=16, groups=4, cardinals=8)
+
+
+def device_tiny():
+    from nsr_deploy.models.checkpoint import LoadedModel
+
+    return LoadedModel(decisive_net(DEVICE_TINY, seed=5), "tiny", "built", "0" * 64, "tiny")
+
+
+def export_precisions(loaded, root: Path, target: str, options_of) -> dict:
+    """``loaded`` exported to ``target`` at fp32 and fp16 under ``root``: precision -> folder."""
+    from nsr_deploy.exporters.pipeline import export
+
+    out = {}
+    for precision in ("fp32", "fp16"):
+        out[precision] = root / f"tiny-{precision}"
+        export(loaded, out[precision], target, options_of(precision))
+    return out
 
 
 def photo_rgb(path: Path) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DEVICE_PHOTOS, agreement, decisive_net
+from conftest import DEVICE_PHOTOS, DEVICE_TINY, agreement, decisive_net, device_tiny, export_precisions
 from conftest import photo_rgb as photo
 from nsr_deploy.config import NSRConfig
 from nsr_deploy.errors import NSRError
@@ -25,7 +25,7 @@ from nsr_deploy.runtimes.torch_runner import TorchRunner
 
 pytest.importorskip("executorch.runtime", reason="executorch is not installed (pip install 'nsr-deploy[executorch]')")
 
-TINY = NSRConfig(channels=3, scale=2, num_blocks=2, units=16, block_width=16, groups=4, cardinals=8)
+TINY = DEVICE_TINY
 SMALLEST = NSRConfig(channels=3, scale=2, num_blocks=1, units=8, block_width=8, groups=2, cardinals=4)
 PHOTOS = DEVICE_PHOTOS
 TILINGS = ("reference", "cells")
@@ -37,17 +37,12 @@ def options(precision: str = "fp32", conv_form: str = "auto", **kw) -> ExportOpt
 
 @pytest.fixture(scope="module")
 def tiny():
-    return LoadedModel(decisive_net(TINY, seed=5), "tiny", "built", "0" * 64, "tiny")
+    return device_tiny()
 
 
 @pytest.fixture(scope="module")
 def built(tiny, tmp_path_factory):
-    root = tmp_path_factory.mktemp("executorch")
-    out = {}
-    for precision in ("fp32", "fp16"):
-        out[precision] = root / f"tiny-{precision}"
-        export(tiny, out[precision], "executorch", options(precision))
-    return out
+    return export_precisions(tiny, tmp_path_factory.mktemp("executorch"), "executorch", options)
 
 
 def test_fp32_export_is_fully_delegated_gated_and_states_what_was_verified(built):

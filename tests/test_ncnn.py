@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DEVICE_PHOTOS, agreement, decisive_net
+from conftest import DEVICE_PHOTOS, DEVICE_TINY, agreement, device_tiny, export_precisions
 from conftest import photo_rgb as photo
-from nsr_deploy.config import NSRConfig
 from nsr_deploy.errors import NSRError
 from nsr_deploy.exporters.pipeline import ExportOptions, export
-from nsr_deploy.models.checkpoint import LoadedModel, load_model
+from nsr_deploy.models.checkpoint import load_model
 from nsr_deploy.runtimes import load
 from nsr_deploy.runtimes.engine import Engine, to_uint8
 from nsr_deploy.runtimes.manifest import read_manifest
@@ -23,7 +22,7 @@ from nsr_deploy.runtimes.torch_runner import TorchRunner
 pytest.importorskip("ncnn")
 pytest.importorskip("pnnx")
 
-TINY = NSRConfig(channels=3, scale=2, num_blocks=2, units=16, block_width=16, groups=4, cardinals=8)
+TINY = DEVICE_TINY
 PHOTOS = DEVICE_PHOTOS
 TILINGS = ("reference", "cells")
 
@@ -34,17 +33,12 @@ def options(precision: str = "fp32") -> ExportOptions:
 
 @pytest.fixture(scope="module")
 def tiny():
-    return LoadedModel(decisive_net(TINY, seed=5), "tiny", "built", "0" * 64, "tiny")
+    return device_tiny()
 
 
 @pytest.fixture(scope="module")
 def built(tiny, tmp_path_factory):
-    root = tmp_path_factory.mktemp("ncnn")
-    out = {}
-    for precision in ("fp32", "fp16"):
-        out[precision] = root / f"tiny-{precision}"
-        export(tiny, out[precision], "ncnn", options(precision))
-    return out
+    return export_precisions(tiny, tmp_path_factory.mktemp("ncnn"), "ncnn", options)
 
 
 def test_fp32_export_passes_its_gate_and_states_what_was_verified(built):

@@ -6,8 +6,9 @@ them after it, and OpenVINO's CPU plugin answers every batch <-> channel Reshape
 its bias, ReLU and residual Adds then sit between Reshapes and stay unfused Eltwise ops. Here the whole
 network runs on ``[1, N*C, h, w]``:
 
-* head, tail and skip convs are GroupConvolutions (groups = N) whose constant weights are the layer's
-  weights broadcast over the N groups (a Tile the plugin folds at compile time: the file stores them once);
+* the head is a GroupConvolution (groups = N) whose constant weights are the layer's weights broadcast
+  over the N groups (a Tile the plugin folds at compile time: the file stores them once); tail and skip
+  are plain Convolutions after the unfold (see :meth:`_Folded.batch_conv` for why);
 * each sparse conv pools its input (ReduceMean over h, w), runs the MLP and the softmax over k (Eq. 7-9)
   and mixes the stacked kernels and biases with two batched MatMuls (Eq. 10); the per-patch conv is one
   GroupConvolution with the mixed ``[N, out, in, 3, 3]`` kernels, and its bias, ReLU and the residual Add
