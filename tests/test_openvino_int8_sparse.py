@@ -148,3 +148,17 @@ def test_export_auto_int8_of_a_sparse_model_takes_the_per_patch_int8_path(tmp_pa
     with load(out, threads=1) as engine, load("sr-x2", backend="torch", threads=1) as reference:
         got, want = engine.restore(lr).astype(float), reference.restore(lr).astype(float)
     assert 10 * np.log10(255 ** 2 / np.mean((got - want) ** 2)) > 40
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_same_model_gives_the_same_ir_bytes_twice_in_one_process(tiny, tmp_path, layout):
+    """OpenVINO names unnamed nodes from a process-wide counter: the graph is named by its own order, so
+    an int8 export is a function of the checkpoint, first build in a process or second."""
+    convs = weights_of(tiny.net)
+    ranges = {name: Range(-1.0, 2.0) for name in convs}
+    files = []
+    for i in range(2):
+        path = tmp_path / f"{i}.xml"
+        ov.save_model(build_graph(TINY, convs, BATCH, ranges, layout=layout), str(path), compress_to_fp16=False)
+        files.append((path.read_bytes(), path.with_suffix(".bin").read_bytes()))
+    assert files[0] == files[1]

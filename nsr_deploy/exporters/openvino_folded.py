@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nsr_deploy.exporters.openvino_graph import name_by_graph_order
+
 
 def _const(array) -> object:
     import openvino.opset13 as ops
@@ -146,13 +148,8 @@ class _Folded:
         y.output(0).set_names({"y"})
         result = ops.result(y)
         result.set_friendly_name("y")
-        model = ov.Model([result], [x, valid], "nsr-folded")
-        # Unnamed nodes get names from a process-wide counter (Constant_1234): name them by graph order, so
-        # the same checkpoint gives the same bytes in any process, first export or tenth.
-        for i, node in enumerate(model.get_ordered_ops()):
-            if not node.get_friendly_name().startswith("/") and node not in (x, valid, result):
-                node.set_friendly_name(f"{node.get_type_name()}_{i}")
-        return model
+        # the same checkpoint gives the same bytes in any process, first export or tenth
+        return name_by_graph_order(ov.Model([result], [x, valid], "nsr-folded"))
 
 
 def build_folded(loaded, batch: int):

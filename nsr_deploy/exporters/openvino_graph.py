@@ -41,6 +41,16 @@ class GraphOp:
         return asdict(self)
 
 
+def name_by_graph_order(model):
+    """Name every node that has no name of its own after its place in the graph. OpenVINO names them from
+    a process-wide counter (Constant_1234), so the same graph built twice in one process would otherwise
+    be saved with other names: this keeps an export a function of the checkpoint alone."""
+    for i, node in enumerate(model.get_ordered_ops()):
+        if node.get_friendly_name() == node.get_name():
+            node.set_friendly_name(f"{node.get_type_name()}_{i}")
+    return model
+
+
 def layer_of_name(name: str) -> str | None:
     """``/body/body.1/body/body.0/Conv`` -> ``body.1.body.0``; None when no layer path is in it."""
     parts = [p for p in name.split("/") if LAYER_PART.match(p)]

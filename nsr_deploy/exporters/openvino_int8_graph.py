@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nsr_deploy.exporters.openvino_graph import name_by_graph_order
+
 LEVELS_ACT = 256
 LEVELS_WEIGHT = 255  # symmetric int8 weights: the plugin's i8 weight path
 PATCH_SEP = ":patch"  # split layout: the per-patch convs of layer L are named L:patch0, L:patch1, ...
@@ -244,7 +246,7 @@ class _Builder:
         y.output(0).get_tensor().set_names({"y"})
         x.output(0).get_tensor().set_names({"x"})
         valid.output(0).get_tensor().set_names({"valid"})
-        return ov.Model([y], [x, valid], "nsr_int8_folded")
+        return name_by_graph_order(ov.Model([y], [x, valid], "nsr_int8_folded"))  # same checkpoint, same bytes
 
 
 def build_graph(cfg, convs: dict[str, ConvWeights], batch: int, ranges: dict[str, Range] | None = None,
