@@ -201,7 +201,7 @@ def build(ctx) -> Artifact:
     state, entry = ops, ({"auto": {"rule": why}} if form and why != "asked for" else {})
     if precision == "int8" and form:
         # a folded sparse model: every conv int8, the per-patch ones included (NNCF would leave those float)
-        state, model, more = _build_int8_sparse(ctx, path, contract, static_batch_of(model))
+        state, more = _build_int8_sparse(ctx, path, contract, static_batch_of(model))  # same I/O as folded
         entry.update(more)
     elif precision == "int8":
         state, more = _build_int8(ctx, model, ops, path, contract)
@@ -257,17 +257,15 @@ def _folded(ctx, form: str) -> tuple[object, dict]:
     return build_folded(ctx.loaded, batch), {k: contract[k] for k in CONTRACT_KEYS if k in contract}
 
 
-def _build_int8_sparse(ctx, path: Path, contract: dict, batch: int) -> tuple[GateResult, object, dict]:
+def _build_int8_sparse(ctx, path: Path, contract: dict, batch: int) -> tuple[GateResult, dict]:
     """int8 of a sparse model with the per-patch convs int8 (:mod:`.openvino_int8_sparse`): calibrated,
     task-gated (0.1 dB) and checked to execute int8 before anything is written to ``path``."""
-    import openvino as ov
-
     from nsr_deploy.exporters.openvino_int8_sparse import build_int8_sparse_ir
 
     with ctx.stages.stage("openvino-int8"):
         built = build_int8_sparse_ir(ctx.loaded, path.parent, ctx.options.calib, ctx.options.gate_images, batch,
                                      ctx.options.threads, save=lambda m, p: save(m, p, "int8", contract))
-    return built.gate, ov.Core().read_model(str(built.path)), {"int8": built.report}
+    return built.gate, {"int8": built.report}
 
 
 def _runner(ctx, path: Path):
