@@ -49,8 +49,7 @@ class ModelSuite:
         # patch batch only: each reduced precision (sparse and twin) and torch.compile, the competitor
         self.precision_specs, skipped = precision_specs(ctx.backends.used, ctx.loaded.config)
         self.precision_specs += compile_spec(ctx.backends.used)
-        self.precision_skipped = skipped
-        self.skipped.update(skipped)
+        self.precision_skipped = skipped  # noted under the patch table, where those rows would be
         self.image_rows: list[dict] = []
         self.patch_rows: list[dict] = []
         self._x = None
@@ -179,7 +178,8 @@ class ModelSuite:
                              "patch_runs": p.patch_runs, "patch_warmup": p.patch_warmup,
                              "statistics": "median and p90", "threads": self.ctx.threads},
                 "sgemm": self.ctx.sgemm, "build_seconds": self.ctx.factory.build_seconds,
-                "image": self.image_rows, "patch_batch": self.patch_rows, "skipped": self.skipped}
+                "image": self.image_rows, "patch_batch": self.patch_rows,
+                "skipped": {**self.skipped, **self.precision_skipped}}
 
     def tables(self) -> list[Table]:
         return [self._image_table(), self._patch_table()]
