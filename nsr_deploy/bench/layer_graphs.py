@@ -66,7 +66,7 @@ class LayerOrtRunner(OrtRunner):
 @functools.lru_cache(maxsize=1)
 def _ov_core():
     """One OpenVINO Core for every layer graph: each new Core loads the CPU plugin again."""
-    import openvino as ov
+    from nsr_deploy.runtimes.ov_import import ov
 
     return ov.Core()
 

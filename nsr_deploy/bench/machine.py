@@ -47,7 +47,7 @@ def _cpuinfo() -> dict:
 def _openvino_cpu_name() -> str | None:
     """OpenVINO's name for the CPU: the full brand string, where /proc/cpuinfo may be terse (VMs)."""
     try:
-        import openvino as ov
+        from nsr_deploy.runtimes.ov_import import ov
 
         return str(ov.Core().get_property("CPU", "FULL_DEVICE_NAME"))
     except Exception:  # openvino missing or no CPU plugin: the fact is optional

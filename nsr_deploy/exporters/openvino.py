@@ -101,6 +101,8 @@ def _require_nncf() -> None:
     os.environ.setdefault("NNCF_CI", "1")
     try:
         import nncf  # noqa: F401
+
+        import nsr_deploy.runtimes.ov_import  # noqa: F401 (NNCF imports OpenVINO: its telemetry off first)
     except ImportError:
         raise BackendUnavailable("int8 for OpenVINO needs NNCF: pip install 'nsr-deploy[export]' "
                                  "(or pip install nncf)") from None
@@ -114,7 +116,7 @@ def convert(onnx_path: str | Path):
     usage telemetry from a forked process, which is network traffic nobody asked for and a fork that
     deadlocks an export running beside other threads (measured: an export with one busy numpy thread
     hung for good)."""
-    import openvino as ov
+    from nsr_deploy.runtimes.ov_import import ov
 
     try:
         model = ov.Core().read_model(str(onnx_path))
@@ -131,8 +133,7 @@ def convert(onnx_path: str | Path):
 def save(model, path: Path, precision: str, contract: dict) -> None:
     """Write ``model.xml`` + ``model.bin``: half weights only for fp16 (``save_model`` defaults to half).
     int8 models from NNCF count as pre-optimised: OpenVINO stores their quantized weights as int8."""
-    import openvino as ov
-
+    from nsr_deploy.runtimes.ov_import import ov
     from nsr_deploy.runtimes.ov_runner import RT_INFO_ROOT
 
     model.set_rt_info(precision, [RT_INFO_ROOT, "precision"])
@@ -182,10 +183,9 @@ def check_execution(runner, ops, precision: str) -> dict[str, list[str]]:
 def build(ctx) -> Artifact:
     """Pipeline step: ``model.xml`` + ``model.bin`` into ``ctx.folder``. int8's build searches with its
     task gate (a retry with the last layers float); the gate step then returns the kept attempt's."""
-    import openvino as ov
-
     from nsr_deploy.exporters.form_rule import openvino_form
     from nsr_deploy.exporters.openvino_graph import classify
+    from nsr_deploy.runtimes.ov_import import ov
 
     validate_options(ctx.options)
     precision = ctx.options.precision

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+import nsr_deploy.runtimes.ov_import  # noqa: F401 (OpenVINO's telemetry off before its first import)
 from nsr_deploy.exporters.openvino_graph import name_by_graph_order
 
 
@@ -122,8 +123,9 @@ class _Folded:
         return self._name(ops.add(x, t), layer, "Add")
 
     def model(self):
-        import openvino as ov
         import openvino.opset13 as ops
+
+        from nsr_deploy.runtimes.ov_import import ov
 
         cfg, n = self.net.config, self.n
         x = ops.parameter([n, cfg.channels, -1, -1], np.float32, name="x")

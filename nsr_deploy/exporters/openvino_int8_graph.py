@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import nsr_deploy.runtimes.ov_import  # noqa: F401 (OpenVINO's telemetry off before its first import)
 from nsr_deploy.exporters.openvino_graph import name_by_graph_order
 
 LEVELS_ACT = 256
@@ -224,7 +225,7 @@ class _Builder:
         return self.sparse(name, x, unsigned) if self.convs[name].sparse else self.plain(name, x)
 
     def build(self):
-        import openvino as ov
+        from nsr_deploy.runtimes.ov_import import ov
 
         ops, cfg, n = self.ops, self.cfg, self.n
         x = ops.parameter([n, cfg.channels, -1, -1], np.float32, name="x")  # any patch size, fixed batch

@@ -33,9 +33,8 @@ SPARSE_INT8_MAX_DROP_DB = 0.1
 
 def calibrate(cfg, convs, tiles: np.ndarray, batch: int, threads: int | None = None) -> dict:
     """Conv name -> :class:`~.openvino_int8_graph.Range` of its input over ``tiles`` (whole batches)."""
-    import openvino as ov
-
     from nsr_deploy.exporters.openvino_int8_graph import Range, build_graph
+    from nsr_deploy.runtimes.ov_import import ov
 
     model = build_graph(cfg, convs, batch, probes=True)
     config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": int(threads)} if threads else {})}
@@ -63,7 +62,7 @@ class Int8SparseBuild:
 
 
 def _save_f32(model, path: Path) -> None:
-    import openvino as ov
+    from nsr_deploy.runtimes.ov_import import ov
 
     ov.save_model(model, str(path), compress_to_fp16=False)
 

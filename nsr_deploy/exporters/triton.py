@@ -257,6 +257,8 @@ def engine_static_batch(target: str, path: Path, claimed: int | None) -> int | N
     if target == "openvino":
         import openvino
 
+        import nsr_deploy.runtimes.ov_import  # noqa: F401 (OpenVINO's telemetry off first)
+
         first = openvino.Core().read_model(str(path)).input("x").get_partial_shape()[0]
         return first.get_length() if first.is_static else None
     return claimed

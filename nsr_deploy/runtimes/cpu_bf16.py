@@ -21,7 +21,7 @@ def cpu_flags() -> set[str] | None:
 
 def openvino_capabilities() -> list[str] | None:
     try:
-        import openvino as ov
+        from nsr_deploy.runtimes.ov_import import ov
 
         return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     except Exception:  # noqa: BLE001 - no OpenVINO, or no CPU plugin: the flags alone decide

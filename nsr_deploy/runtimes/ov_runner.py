@@ -46,7 +46,7 @@ RT_INFO_ROOT = "nsr_deploy"  # our keys inside the IR's rt_info: precision, mani
 def unavailable() -> str | None:
     """None when usable, else why not."""
     try:
-        import openvino  # noqa: F401
+        import nsr_deploy.runtimes.ov_import  # noqa: F401 (OpenVINO, its telemetry off)
     except ImportError as e:
         return f"openvino is not installed ({e.name}); pip install 'nsr-deploy[runtime]'"
     return None
@@ -79,7 +79,7 @@ def ir_metadata(model) -> dict:
 
 def read_ir_manifest(path: str | Path) -> dict | None:
     """The I/O contract embedded in an IR (so a bare ``model.xml`` is self-describing), or None."""
-    import openvino as ov
+    from nsr_deploy.runtimes.ov_import import ov
 
     return ir_metadata(ov.Core().read_model(str(path))).get("manifest")
 
@@ -150,7 +150,7 @@ class OvRunner(Runner):
         why = unavailable()
         if why:
             raise BackendUnavailable(why)
-        import openvino as ov
+        from nsr_deploy.runtimes.ov_import import ov
 
         path = Path(self.path)
         if not path.exists():
