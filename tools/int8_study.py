@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Which int8 formulations of the NSR sparse conv run as int8 kernels in OpenVINO's CPU plugin, and
-how fast (issue 18, part 2). Two studies, timed in interleaved rounds (nsr_deploy.timing), 2 threads:
+how fast, and what no per-patch graph can beat at each precision (issue 18). Timed in interleaved rounds
+(nsr_deploy.timing), 2 threads:
 
     python tools/int8_study.py layer     # one sparse conv (64->64, k=4, d=16, 16 patches 48x48)
     python tools/int8_study.py model     # EDSR+NSR x2 (16 blocks, 64 units, k=4, d=16), 16 patches 48x48
-    python tools/int8_study.py floor     # 16 residual blocks of int8 convs alone: the layouts' floor
+    python tools/int8_study.py floor [f32|bf16|int8]   # 16 residual blocks of convs alone: the floor
     python tools/int8_study.py ort       # ONNX Runtime: QLinearConv / ConvInteger with run-time weights
 
 ``layer`` prints, per formulation, the conv / matmul kernels the compiled model runs (oneDNN's
@@ -201,10 +202,12 @@ def model_study() -> None:
     report(measure_interleaved(calls, runs=30, warmup=2, rounds=5), "twin fp32", "twin int8 (NNCF)")
 
 
-def floor_study() -> None:
-    """16 blocks of u8 x i8 3x3 convs (64 ch, 16 patches 48x48), no routing at all: the twin's batched
-    convs vs the same convs with per-patch weights (constant, or fed at run time) folded into one
-    GroupConvolution or split into one Convolution per patch. What a sparse graph cannot beat."""
+def floor_study(precision: str = "int8") -> None:
+    """16 residual blocks of 3x3 convs (64 ch, 16 patches 48x48) at ``precision`` (f32, bf16: the CPU
+    plugin's hint; int8: u8 x i8 through FakeQuantize), no routing at all: the twin's batched convs vs the
+    same convs with per-patch weights (constant, or fed at run time) folded into one GroupConvolution or
+    split into one Convolution per patch. What a sparse graph in this runtime cannot beat (before any
+    routing: pooling, MLP, softmax, mixing), against the twin at the same precision."""
     from collections import Counter
 
     import openvino as ov
@@ -212,21 +215,24 @@ def floor_study() -> None:
 
     from nsr_deploy.timing import measure_interleaved
 
+    if precision not in ("f32", "bf16", "int8"):
+        raise SystemExit(f"floor: precision is f32, bf16 or int8, not {precision!r}")
     core = ov.Core()
+    config = {**CONFIG, "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
     N, C, H, W, B = 16, 64, 48, 48, 16
     rng = np.random.default_rng(0)
     def c(v, dt=np.float32): return ops.constant(np.array(v, dt))
     def fq(x, lo, hi, levels=256):
-        return ops.fake_quantize(x, c(lo), c(hi), c(lo), c(hi), levels)
+        return ops.fake_quantize(x, c(lo), c(hi), c(lo), c(hi), levels) if precision == "int8" else x
     Wc = (rng.standard_normal((C, C, 3, 3)) * 0.03).astype(np.float32)
     bias = c(np.full((1, C, 1, 1), 0.01))
     def wq(w): return fq(w, -0.2, 0.2, 255)
     def conv_batched(x): return ops.add(ops.convolution(x, wq(c(Wc)), [1,1],[1,1],[1,1],[1,1]), bias)
     def conv_folded(x, w):  # x [1, N*C, H, W]
-        y = ops.group_convolution(x, wq(w), [1,1],[1,1],[1,1],[1,1])
+        y = ops.group_convolution(fq(x, 0, 2.0), wq(w), [1,1],[1,1],[1,1],[1,1])
         return ops.add(y, c(np.full((1, N * C, 1, 1), 0.01)))
     def conv_split(x, w):  # x [N, C, H, W], w [N, C, C, 3, 3]
-        xs = ops.split(x, c(0, np.int64), N).outputs()
+        xs = ops.split(fq(x, 0, 2.0), c(0, np.int64), N).outputs()
         ws = ops.split(w, c(0, np.int64), N).outputs()
         ys = [ops.convolution(xi, wq(ops.squeeze(wi, c([0], np.int64))), [1, 1], [1, 1], [1, 1], [1, 1])
               for xi, wi in zip(xs, ws)]
@@ -235,7 +241,7 @@ def floor_study() -> None:
         x = ops.parameter([N, C, H, W], np.float32, name="x")
         params = [x]
         feed = {"x": (rng.standard_normal((N, C, H, W)) * 0.3).astype(np.float32)}
-        runtime = "runtime" in kind
+        runtime = "const" not in kind and kind != "batched"
         def weights(i):
             if not runtime:
                 return c(np.broadcast_to(Wc, (N, C, C, 3, 3)))
@@ -243,33 +249,38 @@ def floor_study() -> None:
             params.append(p)
             feed[f"w{i}"] = np.broadcast_to(Wc, (N, C, C, 3, 3)).astype(np.float32).copy()
             return p
-        h = ops.reshape(x, c([1, N * C, H, W], np.int64), False) if kind.startswith("folded") else x
+        folded = kind.startswith("folded")
+        h = ops.reshape(x, c([1, N * C, H, W], np.int64), False) if folded else x
         for b in range(B):
             # conv input quantised u8 (a ReLU'd or shifted stream): range [0, 2] on a non-negative input
             if kind == "batched":
                 t = ops.relu(conv_batched(fq(ops.relu(h), 0, 2.0)))
                 h = ops.add(h, conv_batched(fq(t, 0, 2.0)))
-            elif kind.startswith("folded"):
-                t = ops.relu(conv_folded(fq(ops.relu(h), 0, 2.0), weights(2 * b)))
-                h = ops.add(h, conv_folded(fq(t, 0, 2.0), weights(2 * b + 1)))
+            elif folded:
+                t = ops.relu(conv_folded(ops.relu(h), weights(2 * b)))
+                h = ops.add(h, conv_folded(t, weights(2 * b + 1)))
             else:
-                t = ops.relu(conv_split(fq(ops.relu(h), 0, 2.0), weights(2 * b)))
-                h = ops.add(h, conv_split(fq(t, 0, 2.0), weights(2 * b + 1)))
-        if kind.startswith("folded"):
+                t = ops.relu(conv_split(ops.relu(h), weights(2 * b)))
+                h = ops.add(h, conv_split(t, weights(2 * b + 1)))
+        if folded:
             h = ops.reshape(h, c([N, C, H, W], np.int64), False)
         return ov.Model([h], params), feed
     kinds = ["batched", "folded-const", "folded-runtime", "split-const", "split-runtime"]
     calls = {}
     for k in kinds:
         m, feed = net(k)
-        cm = core.compile_model(m, "CPU", CONFIG)
+        cm = core.compile_model(m, "CPU", config)
         prims = Counter(i["primitiveType"].astype(str) for i in (n.get_rt_info() for n in
                         cm.get_runtime_model().get_ordered_ops()) if i["layerType"].astype(str) == "Convolution")
-        print(f"{k:16s} {dict(prims)}", flush=True)
+        print(f"{k:22s} {dict(prims)}", flush=True)
         r = cm.create_infer_request()
         calls[k] = (lambda r=r, f=feed: r.infer(f))
     print("load", [round(v, 2) for v in os.getloadavg()])
-    report(measure_interleaved(calls, runs=20, warmup=2, rounds=5), "batched", "batched")
+    timings = measure_interleaved(calls, runs=20, warmup=2, rounds=5)
+    print(f"{'engine (' + precision + ')':34s} {'median ms':>10s} {'/ batched':>10s}")
+    for k, v in timings.items():
+        print(f"{k:34s} {v.median:10.2f} {v.median / timings['batched'].median:10.2f}")
+    print("load", [round(v, 2) for v in os.getloadavg()])
 
 
 def ort_study() -> None:
@@ -330,4 +341,4 @@ def ort_study() -> None:
 
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "layer"
-    {"layer": layer_study, "model": model_study, "floor": floor_study, "ort": ort_study}[which]()
+    {"layer": layer_study, "model": model_study, "floor": floor_study, "ort": ort_study}[which](*sys.argv[2:])

@@ -10,9 +10,10 @@ network runs on ``[1, N*C, h, w]``:
   over the N groups (a Tile the plugin folds at compile time: the file stores them once); tail and skip
   are plain Convolutions after the unfold (see :meth:`_Folded.batch_conv` for why);
 * each sparse conv pools its input (ReduceMean over h, w), runs the MLP and the softmax over k (Eq. 7-9)
-  and mixes the stacked kernels and biases with two batched MatMuls (Eq. 10); the per-patch conv is one
-  GroupConvolution with the mixed ``[N, out, in, 3, 3]`` kernels, and its bias, ReLU and the residual Add
-  act on the same folded tensor, where the plugin fuses them into the conv as post-ops;
+  and mixes the stacked kernels (k broadcast Multiply-Adds, :mod:`.openvino_mixing`) and biases (a batched
+  MatMul) (Eq. 10); the per-patch conv is one GroupConvolution with the mixed ``[N, out, in, 3, 3]``
+  kernels; its run-time bias is one Eltwise pass that the plugin fuses the ReLU and the residual Add into
+  (a run-time bias cannot become a conv post-op);
 * only the input and output are reshaped (``[N, C, h, w]`` <-> ``[1, N*C, h, w]``); pixel shuffle is
   DepthToSpace (``depth_first`` is PyTorch's channel order).
 
@@ -28,6 +29,7 @@ import numpy as np
 
 import nsr_deploy.runtimes.ov_import  # noqa: F401 (OpenVINO's telemetry off before its first import)
 from nsr_deploy.exporters.openvino_graph import name_by_graph_order
+from nsr_deploy.exporters.openvino_mixing import mix_kernels
 
 
 def _const(array) -> object:
@@ -95,10 +97,10 @@ class _Folded:
         logits = self._name(ops.add(logits, _const(module.mlp_bias.numpy().reshape(-1, 1))), layer, "MatMul_bias")
         gamma = ops.reshape(logits, _ints([n, d, k]), False)  # MLP rows are ordered (d, k)
         gamma = self._name(opset1.softmax(gamma, 2), layer, "Softmax")  # v1: the CPU plugin keeps its marks
-        gamma = ops.reshape(gamma, _ints([n, d, 1, k]), False)
         stacked = module.stacked.numpy().reshape(d, k, cout // d, cin * ks * ks + 1)
-        kernels = self._name(ops.matmul(gamma, _const(stacked[..., :-1].reshape(d, k, -1)), False, False), layer,
-                             "MixKernels")
+        kernels = mix_kernels(gamma, stacked[..., :-1].reshape(d, k, -1),
+                              lambda node, op: self._name(node, layer, op))
+        gamma = ops.reshape(gamma, _ints([n, d, 1, k]), False)
         biases = self._name(ops.matmul(gamma, _const(stacked[..., -1]), False, False), layer, "MixBiases")
         kernels = ops.reshape(kernels, _ints([n, cout, cin, ks, ks]), False)
         biases = ops.reshape(biases, _ints([1, n * cout, 1, 1]), False)

@@ -25,6 +25,9 @@ COMPUTE_TYPES = ("Convolution", "GroupConvolution", "MatMul")
 # ops a constant passes through on its way to a weight input (decompression, layout, quantization)
 CONST_PASS_THROUGH = ("Convert", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Multiply", "Subtract",
                       "FakeQuantize", "Tile")  # Tile: the folded form's per-patch copies of a constant conv
+# ops that only carry routing values from one routing op to the next (the folded form picks each softmax
+# weight with a Gather): they keep f32 with them
+CARRIERS = ("Reshape", "Gather", "Unsqueeze")
 LAYER_PART = re.compile(r"^(?:body|skip)\.\d+$")
 SEARCH_DEPTH = 6
 
@@ -109,13 +112,28 @@ def _role(node) -> str:
     return "pooling_mlp" if "ReduceMean" in producers else "kernel_mixing"
 
 
+def _mixes_kernels(node, mixing: set[str]) -> bool:
+    """An elementwise step of Eq. 10 written as Multiply-Adds (the folded form): ``softmax weight x
+    constant kernel``, or the sum of two such terms."""
+    kind = node.get_type_name()
+    inputs = [node.input_value(i) for i in range(node.get_input_size())]
+    if kind == "Multiply" and any(_is_constant(v) for v in inputs):
+        return any(src.get_type_name() == "Softmax" for v in inputs if not _is_constant(v)
+                   for src in [v.get_node(), *_ancestors(v.get_node(), 3)])
+    return kind == "Add" and all(v.get_node().get_friendly_name() in mixing for v in inputs)
+
+
 def classify(model) -> list[GraphOp]:
-    """Every compute op and softmax of an ``ov.Model`` lowered from our ONNX graph, in graph order."""
-    ops = []
+    """Every compute op and softmax of an ``ov.Model`` lowered from our ONNX graph (or built from opsets),
+    in graph order."""
+    ops, mixing = [], set()
     for node in model.get_ordered_ops():
         if node.get_type_name() in COMPUTE_TYPES + ("Softmax",):
             ops.append(GraphOp(node.get_friendly_name(), node.get_type_name(), _role(node), _layer_of(node),
                                _bias_adds(node)))
+        elif _mixes_kernels(node, mixing):
+            mixing.add(node.get_friendly_name())
+            ops.append(GraphOp(node.get_friendly_name(), node.get_type_name(), "kernel_mixing", _layer_of(node)))
     return ops
 
 
@@ -127,11 +145,11 @@ def _bias_adds(node) -> tuple[str, ...]:
 
 
 def routing_names(model, ops: list[GraphOp], roles: tuple[str, ...]) -> list[str]:
-    """Names of the ops of ``roles`` (and their bias Adds) plus the Reshapes that carry their outputs on to
-    the next of them: what must keep f32 between the pooling and the per-patch conv."""
+    """Names of the ops of ``roles`` (and their bias Adds) plus the ``CARRIERS`` that take their outputs on
+    to the next of them: what must keep f32 between the pooling and the per-patch conv."""
     names = {n for op in ops if op.role in roles for n in (op.name, *op.aliases)}
     for node in model.get_ordered_ops():  # producers come first, so a chain of Reshapes is followed
-        if node.get_type_name() == "Reshape" and node.input_value(0).get_node().get_friendly_name() in names:
+        if node.get_type_name() in CARRIERS and node.input_value(0).get_node().get_friendly_name() in names:
             names.add(node.get_friendly_name())
     return sorted(names)
 

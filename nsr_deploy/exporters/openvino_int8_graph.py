@@ -34,6 +34,7 @@ import numpy as np
 
 import nsr_deploy.runtimes.ov_import  # noqa: F401 (OpenVINO's telemetry off before its first import)
 from nsr_deploy.exporters.openvino_graph import name_by_graph_order
+from nsr_deploy.exporters.openvino_mixing import mix_kernels
 
 LEVELS_ACT = 256
 LEVELS_WEIGHT = 255  # symmetric int8 weights: the plugin's i8 weight path
@@ -178,7 +179,8 @@ class _Builder:
         # MLP rows reordered (k, d) -> (d, k): logits come out [N, d, k], softmax over the last axis
         order = np.arange(k * d).reshape(k, d).T.reshape(-1)
         logits = ops.add(ops.matmul(pooled, self.c(cw.mlp_weight[order].T), False, False), self.c(cw.mlp_bias[order]))
-        gamma = ops.unsqueeze(ops.softmax(ops.reshape(logits, self.i64([n, d, k]), False), 2), self.i64([2]))
+        gamma3 = ops.softmax(ops.reshape(logits, self.i64([n, d, k]), False), 2)
+        gamma = ops.unsqueeze(gamma3, self.i64([2]))
         w6 = cw.weight.reshape(k, d, cout // d, -1)
         bias = cw.bias.reshape(k, d, cout // d).astype(np.float64)
         if not self.quantised(name) or unsigned:
@@ -194,7 +196,7 @@ class _Builder:
             bias = bias + lo * w6.astype(np.float64).sum(axis=3)
         stacked_w = w6.transpose(1, 0, 2, 3).reshape(d, k, -1)
         stacked_b = bias.astype(np.float32).transpose(1, 0, 2)
-        w = ops.reshape(ops.matmul(gamma, self.c(stacked_w), False, False), self.i64([n, cout, cin, ks, ks]), False)
+        w = ops.reshape(mix_kernels(gamma3, stacked_w), self.i64([n, cout, cin, ks, ks]), False)
         b = ops.matmul(gamma, self.c(stacked_b), False, False)
         b = ops.reshape(b, self.i64([1, n * cout, 1, 1] if self.folded else [n, cout, 1, 1]), False)
         if self.folded:
