@@ -251,16 +251,17 @@ def floor_study(precision: str = "int8") -> None:
             return p
         folded = kind.startswith("folded")
         h = ops.reshape(x, c([1, N * C, H, W], np.int64), False) if folded else x
+        def stream(h):  # int8: the conv input quantised u8 (a ReLU'd or shifted stream), so non-negative
+            return ops.relu(h) if precision == "int8" else h
         for b in range(B):
-            # conv input quantised u8 (a ReLU'd or shifted stream): range [0, 2] on a non-negative input
             if kind == "batched":
-                t = ops.relu(conv_batched(fq(ops.relu(h), 0, 2.0)))
+                t = ops.relu(conv_batched(fq(stream(h), 0, 2.0)))
                 h = ops.add(h, conv_batched(fq(t, 0, 2.0)))
             elif folded:
-                t = ops.relu(conv_folded(ops.relu(h), weights(2 * b)))
+                t = ops.relu(conv_folded(stream(h), weights(2 * b)))
                 h = ops.add(h, conv_folded(t, weights(2 * b + 1)))
             else:
-                t = ops.relu(conv_split(ops.relu(h), weights(2 * b)))
+                t = ops.relu(conv_split(stream(h), weights(2 * b)))
                 h = ops.add(h, conv_split(t, weights(2 * b + 1)))
         if folded:
             h = ops.reshape(h, c([N, C, H, W], np.int64), False)
