@@ -227,3 +227,32 @@ def test_bench_lists_bf16_as_absent_with_why_without_it(monkeypatch):
     assert "bf16" not in {s.precision for s in specs}
     assert "avx512_bf16" in skipped["openvino bf16"]
     json.dumps(skipped)
+
+
+def test_kernel_mixing_multiply_adds_match_eq10_and_are_classified_as_mixing():
+    """Eq. 10 as k broadcast Multiply-Adds (exporters/openvino_mixing.py) against numpy's einsum of the same
+    softmax weights and kernels, and the graph classifier still names every step of it kernel mixing (the
+    bf16 export keeps those ops f32 by that name)."""
+    import openvino.opset1 as opset1
+    import openvino.opset13 as ops
+
+    from nsr_deploy.exporters.openvino_graph import classify, routing_names
+    from nsr_deploy.exporters.openvino_mixing import mix_kernels
+
+    n, d, k, f = 3, 4, 5, 7
+    rng = np.random.default_rng(1)
+    stacked = rng.standard_normal((d, k, f)).astype(np.float32)
+    logits = ops.parameter([n, d, k], np.float32, name="logits")
+    mixed = mix_kernels(opset1.softmax(logits, 2), stacked)
+    model = ov.Model([mixed], [logits])
+    feed = rng.standard_normal((n, d, k)).astype(np.float32) * 3
+    got = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({"logits": feed})[0]
+    gamma = np.exp(feed - feed.max(2, keepdims=True))
+    gamma /= gamma.sum(2, keepdims=True)
+    np.testing.assert_allclose(got, np.einsum("ndk,dkf->ndf", gamma, stacked), rtol=1e-5, atol=1e-6)
+    ops_found = classify(model)
+    mixing = {op.name for op in ops_found if op.role == "kernel_mixing"}
+    assert len(mixing) == 2 * k - 1  # k products, k - 1 sums
+    assert mixed.get_friendly_name() in mixing
+    kept = set(routing_names(model, ops_found, ("softmax", "kernel_mixing")))
+    assert mixing <= kept and any("Gather" in name for name in kept)  # the picks of each weight, too
