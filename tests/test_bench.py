@@ -13,6 +13,7 @@ from nsr_deploy.bench import BenchSettings, LayerProtocol, ModelProtocol, Parity
 from nsr_deploy.bench import paper as paper_numbers
 from nsr_deploy.bench.engines import EngineFactory
 from nsr_deploy.bench.layer import configurations, parameters
+from nsr_deploy.bench.model import NOISY_SPREAD
 from nsr_deploy.checks.gates import float_parity, task_drop_parity
 from nsr_deploy.checks.samples import as_chw, sample_images
 from nsr_deploy.checks.task import Task
@@ -153,6 +154,8 @@ def test_model_suite_rows(report):
     assert all(r["patches"] == 4 and r["patch"] == 48 for r in patches)
     sparse = [r for r in patches if not r["dense_twin"]]
     assert sparse and all(r["vs_dense_twin"] > 0 and r["vs_torch_eager"] > 0 for r in sparse)
+    for r in patches:  # the spread mark follows the row's own p90 / median
+        assert r["spread"] == round(r["p90_ms"] / r["median_ms"], 3) and r["noisy"] == (r["spread"] > NOISY_SPREAD)
     assert "openvino nchwc" in model["skipped"] or not HAVE_OPENVINO
     text = report.render()
     assert "patch batch: 4 patches of 48x48" in text and "of sgemm" in text
@@ -342,3 +345,20 @@ def test_interleaved_timing_keeps_ratios_on_a_drifting_machine(monkeypatch):
     blocks = {k: timing.measure(fake2.call(k), runs=30, warmup=2) for k in work}  # one block after the other
     one_after_the_other = blocks["sparse"].mean / blocks["baseline"].mean
     assert abs(interleaved - 0.4) < 0.03 < abs(one_after_the_other - 0.4)
+
+
+def test_a_ratio_on_a_busy_row_is_marked():
+    """A twin row whose p90 sits far above its median (the machine was busy) marks the sparse / twin ratio
+    built on it; a ratio of two quiet rows stays unmarked, and the ratio itself is the medians'."""
+    from nsr_deploy.bench.model import twin_ratios
+
+    def row(engine, backend, twin, median, p90):
+        return {"engine": engine, "backend": backend, "precision": "fp32", "dense_twin": twin,
+                "median_ms": median, "p90_ms": p90}
+
+    rows = [row("a", "x", False, 120.0, 125.0), row("twin a", "x", True, 100.0, 100.0 * NOISY_SPREAD + 1),
+            row("b", "y", False, 130.0, 131.0), row("twin b", "y", True, 100.0, 105.0)]
+    twin_ratios(rows)
+    assert [r["noisy"] for r in rows] == [False, True, False, False]
+    assert [r["vs_dense_twin"] for r in rows] == [1.2, None, 1.3, None]
+    assert [r["vs_dense_twin_noisy"] for r in rows] == [True, False, False, False]
