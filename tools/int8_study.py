@@ -275,7 +275,8 @@ def floor_study(precision: str = "int8") -> None:
         return ov.Model([h], params), feed
     def conv_kernel_ms(m, feed) -> float:
         """The convs' own time (PERF_COUNT, mean of 5 calls): the kernels alone, without the Eltwise and
-        Reorder ops each layout brings (the batched chain's are not all fused as in the twin)."""
+        Reorder ops each layout brings (the batched chain's are not all fused as in the twin). A second
+        compile of its own, so that the counters never run inside the timed calls."""
         r = core.compile_model(m, "CPU", {**config, "PERF_COUNT": True}).create_infer_request()
         for _ in range(3):
             r.infer(feed)

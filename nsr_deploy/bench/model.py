@@ -48,17 +48,6 @@ def _row(rows: list[dict], **match) -> dict | None:
     return None
 
 
-def twin_ratios(rows: list[dict]) -> None:
-    """``vs_dense_twin`` of every sparse row (against the twin in the same runtime at the same precision),
-    and ``vs_dense_twin_noisy`` when either row is noisy (:func:`mark_spread`, applied here first)."""
-    mark_spread(rows)
-    for r in rows:
-        twin = _row(rows, backend=r["backend"], dense_twin=True, precision=r["precision"])
-        ratio = r["median_ms"] / twin["median_ms"] if "median_ms" in r and twin and not r["dense_twin"] else None
-        r["vs_dense_twin"] = round(ratio, 3) if ratio else None
-        r["vs_dense_twin_noisy"] = bool(ratio and (r.get("noisy") or twin.get("noisy")))
-
-
 def _median(rows: list[dict], **match) -> float | None:
     row = _row(rows, **match)
     return row["median_ms"] if row else None
@@ -70,6 +59,17 @@ def mark_spread(rows: list[dict]) -> None:
         if r.get("median_ms") and r.get("p90_ms"):
             r["spread"] = round(r["p90_ms"] / r["median_ms"], 3)
             r["noisy"] = r["spread"] > NOISY_SPREAD
+
+
+def twin_ratios(rows: list[dict]) -> None:
+    """``vs_dense_twin`` of every sparse row (against the twin in the same runtime at the same precision),
+    and ``vs_dense_twin_noisy`` when either row is noisy (:func:`mark_spread`, applied here first)."""
+    mark_spread(rows)
+    for r in rows:
+        twin = _row(rows, backend=r["backend"], dense_twin=True, precision=r["precision"])
+        ratio = r["median_ms"] / twin["median_ms"] if "median_ms" in r and twin and not r["dense_twin"] else None
+        r["vs_dense_twin"] = round(ratio, 3) if ratio else None
+        r["vs_dense_twin_noisy"] = bool(ratio and (r.get("noisy") or twin.get("noisy")))
 
 
 class ModelSuite:
