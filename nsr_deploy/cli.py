@@ -12,6 +12,7 @@ import sys
 import click
 
 from nsr_deploy import __version__
+from nsr_deploy.budgets import MAX_BATCH, check_batch, check_threads, set_max_pixels
 from nsr_deploy.capabilities import AUTO_BACKEND, AUTO_FORM, BACKEND_NAMES, FORM_CHOICES, PRECISIONS, TARGET_CHOICES
 from nsr_deploy.cli_group import OneLineErrorGroup
 from nsr_deploy.errors import NSRError, user_errors
@@ -105,7 +106,7 @@ def _describe_check(check: dict) -> str:
                    "and the targets (same file on every machine); tune: time every form that passes parity on this "
                    "machine and keep the fastest (machine-specific, recorded in nsr.json).")
 @click.option("--patch-batch", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Patches per engine call (fixed for the 'grouped' and 'folded' forms).")
+              help=f"Patches per engine call (fixed for the 'grouped' and 'folded' forms; at most {MAX_BATCH}).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13-20).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="OpenVINO/TensorRT/ONNX precision (fp16 with onnx/tensorrt/all adds model.fp16.onnx; bf16: "
@@ -114,6 +115,9 @@ def _describe_check(check: dict) -> str:
               help="Folder of calibration images for int8 (default: bundled samples).")
 @click.option("--gate-images", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of clean images for the int8 task-PSNR gate (default: bundled samples).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Largest calibration or gate image, and the most pixels of one such folder together, read "
+                   "from the headers before decoding (default: $NSR_MAX_PIXELS or 40000000).")
 @click.option("--batch-profile", metavar="MIN,OPT,MAX", default=None,
               help="TensorRT optimisation profile over the patch batch (dynamic forms).")
 @click.option("--workspace", "workspace_mib", type=click.IntRange(min=16), default=1024, show_default=True,
@@ -125,15 +129,16 @@ def _describe_check(check: dict) -> str:
 @click.option("--max-side", type=click.IntRange(min=16, max=8192), default=None,
               help="ExecuTorch: largest window height / width the .pte takes (XNNPACK's memory grows with its "
                    "square; default 512).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the parity gates.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for the parity gates (at most the CPUs this process may use).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--conformance", is_flag=True,
               help="Also write conformance vectors (inputs, window lists, expected outputs; docs/contract.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @user_errors
 def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_form, patch_batch, opset, precision,
-           calib, gate_images, batch_profile, workspace_mib, timing_cache, allow_fallback, max_side, threads, force,
-           conformance, as_json):
+           calib, gate_images, max_pixels, batch_profile, workspace_mib, timing_cache, allow_fallback, max_side,
+           threads, force, conformance, as_json):
     """Export a model to deployable engines, gated on parity with the PyTorch reference."""
     from pathlib import Path
 
@@ -142,12 +147,15 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
     from nsr_deploy.exporters.output_folder import check_replaceable
     from nsr_deploy.exporters.target_options import refuse_unhonoured
 
+    check_threads(threads, "--threads")  # bounds that need no heavy import come first
+    check_batch(patch_batch, "--patch-batch")
     # where the result goes is checked first: it needs no heavy import, and nothing is lost if it is wrong
     check_replaceable(out, force, keep=tuple(p for p in (checkpoint, calib, gate_images) if p and Path(p).exists()))
     from nsr_deploy.exporters.onnx import check_options
     from nsr_deploy.exporters.pipeline import ExportOptions, export, resolve_targets
 
-    check_options(conv_form, patch_batch, opset)
+    check_options(conv_form, patch_batch, opset, threads)
+    set_max_pixels(max_pixels)
     profile = None
     if batch_profile:
         try:
@@ -200,8 +208,10 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
 @click.option("--tiling", type=click.Choice(["reference", "cells"]), default="reference", show_default=True,
               help="reference: the trainer's overlapping patches (exact parity); cells: non-overlapping "
                    "cells with a thin halo (about 1.1-1.3x the pixels instead of 2.6x).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads.")
-@click.option("--tile-batch", type=click.IntRange(min=1), default=None, help="Patches per engine call.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Inference threads (at most the CPUs this process may use).")
+@click.option("--tile-batch", type=click.IntRange(min=1), default=None,
+              help=f"Patches per engine call (at most {MAX_BATCH}).")
 @click.option("--suffix", default=None, help="Output file suffix, e.g. .png (default: the input's).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON report on stdout.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
@@ -212,19 +222,29 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
               help="Ray actors (with --ray; default 2), each running --threads threads (default 1).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None, metavar="N",
               help="Largest input image, in pixels, read from its header before decoding "
-                   "(default: $NSR_MAX_PIXELS or 40000000).")
+                   "(default: $NSR_MAX_PIXELS or 40000000). The memory the run needs is budgeted too: "
+                   "see --max-memory.")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Memory one image's restoration may take (input, output at the model's scale squared, blend "
+                   "weights, the tile batch), estimated before it starts, e.g. 8G or 512MiB (default: "
+                   "$NSR_MAX_MEMORY, else the memory available to this process).")
 @user_errors
 def restore(inputs, model, output, backend, tiling, threads, tile_batch, suffix, as_json, ray_address, workers,
-            max_pixels):
+            max_pixels, max_memory):
     """Restore (upscale / denoise / deblock) images with an exported engine."""
     from nsr_deploy.assets import DEFAULT_MODEL
+    from nsr_deploy.budgets import max_memory as memory_budget
     from nsr_deploy.budgets import max_pixels as pixel_budget
-    from nsr_deploy.budgets import set_max_pixels
+    from nsr_deploy.budgets import set_max_memory
     from nsr_deploy.cli_restore import restore_command
     from nsr_deploy.runtimes.restore_files import plan_jobs
 
+    check_threads(threads, "--threads")
+    check_batch(tile_batch, "--tile-batch")
     set_max_pixels(max_pixels)
-    pixel_budget()  # a malformed NSR_MAX_PIXELS is refused now, not per image
+    set_max_memory(max_memory)
+    pixel_budget()  # a malformed NSR_MAX_PIXELS or NSR_MAX_MEMORY is refused now, not per image
+    memory_budget()
     jobs = plan_jobs(list(inputs), output, suffix)
     if workers and ray_address is None:
         raise NSRError("--workers needs --ray")

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import signal
 import sys
+import warnings
 
 import click
 
-from nsr_deploy.errors import Terminated, exit_interrupted
+from nsr_deploy.errors import Terminated, exit_interrupted, one_line_warning
 
 
 def _raise_terminated(signum, frame):
@@ -23,6 +24,8 @@ class OneLineErrorGroup(click.Group):
             signal.signal(signal.SIGTERM, _raise_terminated)
         except ValueError:  # not the main thread (embedded use): leave signals alone
             pass
+        # users read warnings as lines, like errors (the Python API keeps Python's own format)
+        warnings.showwarning = one_line_warning
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as e:

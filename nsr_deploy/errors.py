@@ -41,6 +41,7 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except NSRError as e:
             click.echo(f"error: {e}", err=True)
+            json_error(str(e))
             sys.exit(e.exit_code)
         except ModuleNotFoundError as e:
             message = missing_module_message(e)
@@ -52,6 +53,26 @@ def user_errors(fn):
             exit_interrupted(e)
 
     return wrapper
+
+
+def json_error(message: str) -> None:
+    """With ``--json``, a failed command still writes one JSON document on stdout: machines reading it
+    get the error instead of nothing (``{"ok": false, "error": ..., "failed": 1}``)."""
+    import json
+
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.params.get("as_json"):
+        click.echo(json.dumps({"ok": False, "error": message, "failed": 1}, indent=2))
+
+
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the command line: ``warning: <first line>``, no source line."""
+    import sys
+
+    text = " ".join(str(message).strip().split("\n")[0].split()) or category.__name__
+    print(f"warning: {text}", file=file or sys.stderr)
 
 
 def exit_interrupted(e: KeyboardInterrupt):

@@ -64,10 +64,14 @@ def read_regular(path: str | Path, cap: int, what: str = "file") -> bytes:
     f, size = open_regular(path, cap, what)
     with f:
         try:
-            data = f.read(cap + 1)
+            data = f.read(size)  # its size, not the cap: read(n) allocates n bytes up front
+            more = f.read(1 << 16)
+            while more and len(data) + len(more) <= cap:  # grew since fstat: read on, up to the cap
+                data += more
+                more = f.read(1 << 16)
         except OSError as e:
             raise _os_error(path, e) from None
-    if len(data) > cap:  # grew while being read
+    if more:  # grew past the cap while being read
         raise NSRError(f"{path}: grew past the {what} limit of {cap:,} bytes while being read")
     return data
 

@@ -58,7 +58,7 @@ def test_second_load_reuses_the_cached_blocked_model(tmp_path, monkeypatch):
     with OrtRunner(str(folder / "model.onnx"), 2) as second:
         assert second.specialisation["cached"] and second.specialisation["file"] == first.specialisation["file"]
     assert sorted(p.name.split("-n")[-1] for p in (tmp_path / "cache" / "onnxruntime").iterdir()) == \
-        ["1.onnx", "4.onnx"]  # the engine's batch and the batch-1 twin; no temp file left
+        ["1.onnx", "1.onnx.json", "4.onnx", "4.onnx.json"]  # both batches and their records; no temp file left
 
 
 @needs_nchwc

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nsr_deploy.bench.machine import usable_cores
+from nsr_deploy.budgets import CONFIG_BOUNDS, MAX_BATCH, check_memory, check_pixels, check_threads
 from nsr_deploy.capabilities import BACKEND_NAMES, BENCH_DEFAULT_FORMS, BENCH_FORMS
 from nsr_deploy.errors import NSRError
 
@@ -34,6 +35,7 @@ MODES = ("quick", "default", "paper")
 CONV_FORMS = BENCH_FORMS
 DEFAULT_CONV_FORMS = BENCH_DEFAULT_FORMS  # dense-mix only when asked for (see capabilities)
 FLOAT_PRECISIONS = ("fp32", "fp16")
+MAX_LAYER_CHANNELS = CONFIG_BOUNDS["block_width"][2]  # as wide as a model's widest conv may be
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,18 @@ class LayerProtocol:
             out.append("layer channels, patch, batch and runs must be >= 1 (warm-up >= 0)")
         elif any(k < 2 or self.channels % k for k in self.groups):
             out.append(f"every k must be >= 2 and divide the layer's {self.channels} channels (k: {self.groups})")
+        for name, value, top in (("channels", self.channels, MAX_LAYER_CHANNELS),
+                                 ("patch", self.patch, CONFIG_BOUNDS["patch_size"][2]),
+                                 ("batch", self.batch, MAX_BATCH)):
+            if value > top:
+                out.append(f"layer {name} {value} is over the largest the bench builds ({top})")
         return out
+
+    def memory_needed(self) -> int:
+        """Bytes of one timed call, roughly: the input, the output and the k mixed kernels per patch (f32)."""
+        activations = 2 * self.batch * self.channels * self.patch * self.patch
+        kernels = self.batch * max(self.groups) * self.channels * self.channels * self.kernel * self.kernel
+        return 4 * (activations + kernels)
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,8 @@ class ModelProtocol:
     def problems(self) -> list[str]:
         if min(self.height, self.width, self.runs, self.patch_batch, self.patch_runs) < 1:
             return ["model image size, runs and patch batch must be >= 1"]
+        if self.patch_batch > MAX_BATCH:
+            return [f"model patch batch {self.patch_batch} is over {MAX_BATCH} patches per engine call"]
         return []
 
 
@@ -186,11 +201,13 @@ class BenchSettings:
                 problems.append(f"unknown {name} {', '.join(map(repr, unknown))} (choose from {', '.join(allowed)})")
             if not values:
                 problems.append(f"no {name} chosen")
-        if self.threads < 1:
-            problems.append(f"threads must be >= 1, got {self.threads}")
         problems += self.layer.problems() + self.model.problems()
         if problems:
             raise NSRError("; ".join(problems))
+        check_threads(self.threads, "--threads")
+        check_pixels(self.model.width, self.model.height, "--image-size")
+        check_memory(self.layer.memory_needed(), "--layer-shape",
+                     f"the layer suite's {self.layer.batch} patches of {self.layer.channels} x {self.layer.patch}^2")
         return self
 
     def as_dict(self) -> dict:

@@ -76,16 +76,24 @@ def image_paths(folder: str | Path) -> list[Path]:
 
 def read_images(folder: str | Path, channels: int, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
     """``(name, uint8 image)`` for the images in ``folder`` sorted by name: ``HxWx3`` for colour models,
-    ``HxW`` for grey ones (Pillow's luma). At most ``limit`` images."""
-    from PIL import Image, UnidentifiedImageError
+    ``HxW`` for grey ones (ITU-R 601 luma). At most ``limit`` images.
 
-    out = []
+    Each is read as ``restore`` reads its inputs (:func:`~nsr_deploy.runtimes.images.read_image`: a regular
+    file, its header's size checked against the pixel budget before decoding), and since a folder is
+    held in memory all at once, its images together get the same budget.
+    """
+    from nsr_deploy.budgets import PIXELS_ENV, max_pixels
+    from nsr_deploy.runtimes.images import read_image
+
+    budget, total, out = max_pixels(), 0, []
     for path in image_paths(folder)[:limit]:
-        try:
-            with Image.open(path) as img:
-                out.append((path.name, np.asarray(img.convert("RGB" if channels == 3 else "L"))))
-        except (UnidentifiedImageError, OSError) as e:
-            raise NSRError(f"{path}: unreadable image ({e})") from None
+        pixels = read_image(path, channels).pixels
+        total += pixels.shape[0] * pixels.shape[1]
+        if total > budget:
+            raise NSRError(f"{folder}: its images hold more than {budget / 1e6:g} Mpx together (the pixel budget; "
+                           f"reached at {path.name}); use fewer or smaller images, or raise it with --max-pixels "
+                           f"or {PIXELS_ENV}")
+        out.append((path.name, pixels))
     return out
 
 

@@ -14,6 +14,7 @@ builds it at load for its own CPU (:mod:`nsr_deploy.runtimes.ort_specialise`).
 
 from __future__ import annotations
 
+from nsr_deploy.budgets import check_batch, check_threads
 from nsr_deploy.capabilities import (
     AUTO_FORM,
     FORM_CHOICES,
@@ -36,7 +37,9 @@ LOAD_TIME_NOTE = ("ONNX Runtime on CPUs with NCHWc kernels (x86) rewrites it int
                   "runs on, checked against this file and cached; elsewhere it runs as is")
 
 
-def check_options(conv_form: str, patch_batch: int | None, opset: int) -> None:
+def check_options(conv_form: str, patch_batch: int | None, opset: int, threads: int | None = None) -> None:
+    """The options every export takes, refused before anything is loaded: a batch beyond what a manifest
+    may hold, or more threads than this process has CPUs, would only exhaust memory or deadlock."""
     if conv_form in ORT_ONLY_FORMS:
         raise NSRError(f"conv form {conv_form!r} is no longer exported: model.onnx stays portable and the ONNX "
                        "Runtime runner rewrites it into the NCHWc form of the CPU it runs on, at load")
@@ -44,8 +47,13 @@ def check_options(conv_form: str, patch_batch: int | None, opset: int) -> None:
         raise NSRError(f"unknown conv form {conv_form!r} (choose from {', '.join(FORM_CHOICES)})")
     if opset not in OPSETS:
         raise NSRError(f"unsupported opset {opset} (supported: {OPSETS.start}-{OPSETS.stop - 1})")
-    if patch_batch is not None and patch_batch < 1:
-        raise NSRError(f"patch batch must be >= 1, got {patch_batch}")
+    check_batch(patch_batch, "--patch-batch")
+    check_threads(threads, "--threads")
+
+
+def validate_options(options) -> None:
+    """Pipeline hook, before any work: the Python API's options meet the same bounds as the CLI's."""
+    check_options(options.conv_form, options.patch_batch, options.opset, options.threads)
 
 
 def unavailable() -> str | None:

@@ -7,28 +7,48 @@ inferred from tensor shapes. Weight normalisation (``weight_g``/``weight_v``, or
 ``torch.load(weights_only=True)``: pickled code is refused and never runs.
 
 Native models: ``NAME.safetensors`` (folded weights, config also in its metadata) + ``NAME.json``.
+
+Every file is read once (a regular file, capped: :func:`nsr_deploy.budgets.max_checkpoint_bytes`), its
+bytes hashed and loaded from memory, so what was hashed is what was loaded. What those bytes declare is
+checked before anything is built from it: a checkpoint's zip records (count, inflated sizes, compression
+ratio, placement), a safetensors header (dtypes, shapes, offsets); then the tensors themselves
+(:mod:`.tensor_checks`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 import pickle
 import re
+import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from nsr_deploy.budgets import read_small_text
+from nsr_deploy.budgets import check_tensor_elements, max_checkpoint_bytes
 from nsr_deploy.config import KERNEL, SKIP_KERNEL, NSRConfig
 from nsr_deploy.errors import NSRError
 from nsr_deploy.models.conv import fold_weight_norm
 from nsr_deploy.models.native_doc import NATIVE_FORMAT, native_config
 from nsr_deploy.models.network import NSRNet
 from nsr_deploy.models.tensor_checks import check_finite, checked_tensors
-from nsr_deploy.runtimes.contract import sha256_of as sha256_file
+from nsr_deploy.safe_read import open_regular, parse_json, read_json, sha256_bytes
+
+# A torch.save archive stores its records uncompressed and holds a few records per tensor; a deflated
+# record that inflates more than MAX_DEFLATE_RATIO times (beyond a small floor) is a zip bomb: float
+# weights barely compress. Its central directory is read before any record: bound it too.
+MAX_ZIP_RECORDS = 1 << 16
+MAX_CENTRAL_DIRECTORY_BYTES = 16 << 20
+MAX_DEFLATE_RATIO = 16
+DEFLATE_RATIO_FLOOR = 1 << 20
+SAFETENSORS_HEADER_LIMIT = 100 << 20  # the safetensors library's own limit
+SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                           "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 @dataclass
@@ -49,17 +69,78 @@ class LoadedModel:
 # reading the file
 
 
-def _read_torch_file(path: Path) -> object:
-    with open(path, "rb") as f:
-        head = f.read(4)
-    is_zip = head.startswith(b"PK")
-    is_legacy_pickle = head[:1] == b"\x80"
+def _read_file(path: Path, what: str) -> bytes:
+    """All bytes of a checkpoint or weights file: a regular file under the checkpoint cap, read once.
+    The read asks for the size ``fstat`` gave, not the cap: a buffer of the cap is gigabytes."""
+    f, size = open_regular(path, max_checkpoint_bytes(), what)
+    with f:
+        try:
+            data = f.read(size)
+            grew = f.read(1)
+        except OSError as e:
+            raise NSRError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if len(data) != size or grew:
+        raise NSRError(f"{path}: changed size while being read; read it again once it is complete")
+    return data
+
+
+def _corrupt_zip(path: Path, why: str) -> NSRError:
+    return NSRError(f"{path}: truncated or corrupt checkpoint ({why})")
+
+
+def check_archive(data: bytes, path: Path) -> None:
+    """A torch.save zip archive's records, as its central directory declares them, before torch reads any:
+    few enough, inside the file, stored or deflated, not a zip bomb, their inflated total under the cap."""
+    cap = max_checkpoint_bytes()
+    try:
+        end = zipfile._EndRecData(io.BytesIO(data))  # the end record only: the directory's declared size
+    except (OSError, ValueError, struct.error) as e:
+        raise _corrupt_zip(path, f"unreadable zip end record: {e}") from None
+    if end is None:
+        raise _corrupt_zip(path, "incomplete zip archive")
+    if end[zipfile._ECD_SIZE] > MAX_CENTRAL_DIRECTORY_BYTES or end[zipfile._ECD_ENTRIES_TOTAL] > MAX_ZIP_RECORDS:
+        raise NSRError(f"{path}: its zip directory declares {end[zipfile._ECD_ENTRIES_TOTAL]:,} records in "
+                       f"{end[zipfile._ECD_SIZE]:,} bytes; a checkpoint holds at most {MAX_ZIP_RECORDS:,}")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, struct.error) as e:
+        raise _corrupt_zip(path, str(e)[:120] or type(e).__name__) from None
+    if len(records) > MAX_ZIP_RECORDS:
+        raise NSRError(f"{path}: {len(records):,} zip records; a checkpoint holds at most {MAX_ZIP_RECORDS:,}")
+    total = 0
+    for record in records:
+        name = record.filename[:80]
+        if record.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise NSRError(f"{path}: zip record {name} is compressed with method {record.compress_type}; "
+                           f"torch.save writes stored records (re-save the checkpoint with torch.save)")
+        if record.compress_type == zipfile.ZIP_STORED and record.compress_size != record.file_size:
+            raise _corrupt_zip(path, f"stored record {name} declares {record.file_size:,} bytes but holds "
+                                     f"{record.compress_size:,}")
+        if record.header_offset + record.compress_size > len(data):
+            raise _corrupt_zip(path, f"record {name} lies past the end of the file")
+        if (record.compress_type == zipfile.ZIP_DEFLATED and record.file_size > DEFLATE_RATIO_FLOOR
+                and record.file_size > MAX_DEFLATE_RATIO * record.compress_size):
+            raise NSRError(f"{path}: zip record {name} inflates {record.compress_size:,} bytes to "
+                           f"{record.file_size:,} (over {MAX_DEFLATE_RATIO}x): a zip bomb, not model weights; "
+                           f"nothing was inflated")
+        total += record.file_size
+    if total > cap:
+        raise NSRError(f"{path}: its zip records declare {total:,} bytes inflated, over the checkpoint budget of "
+                       f"{cap:,} (12 bytes per budgeted weight element; set NSR_MAX_TENSOR_ELEMENTS to raise it)")
+
+
+def _read_torch_file(path: Path) -> tuple[object, bytes]:
+    """The unpickled checkpoint and the bytes it was loaded from (read once, hashed by the caller)."""
+    data = _read_file(path, "checkpoint")
+    is_zip = data.startswith(b"PK")
+    is_legacy_pickle = data[:1] == b"\x80"
     if not (is_zip or is_legacy_pickle):
         raise NSRError(f"{path}: not a PyTorch checkpoint (no torch.save header)")
-    if is_zip and not zipfile.is_zipfile(path):
-        raise NSRError(f"{path}: truncated or corrupt checkpoint (incomplete zip archive)")
+    if is_zip:
+        check_archive(data, path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), data
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
@@ -68,6 +149,8 @@ def _read_torch_file(path: Path) -> object:
                 f"(possible code execution); nothing in it was run ({first[:160]})"
             ) from None
         raise NSRError(f"{path}: corrupt checkpoint ({first[:160]})") from None
+    except MemoryError:
+        raise NSRError(f"{path}: not enough memory to load it") from None
     except Exception as e:  # noqa: BLE001 - a damaged pickle fails in the unpickler's own ways (KeyError, ...)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NSRError(f"{path}: truncated or corrupt checkpoint ({msg[:160]})") from None
@@ -239,23 +322,83 @@ def save_native(net: NSRNet, path: str | Path, meta: dict | None = None) -> tupl
     return st, js
 
 
+def _safetensors_header(data: bytes, path: Path) -> dict:
+    """The JSON header of a safetensors file, every tensor entry checked against the bytes that follow it
+    and the element budget before the library reads any tensor."""
+    if len(data) < 8:
+        raise NSRError(f"{path}: truncated safetensors file ({len(data)} bytes)")
+    size = int.from_bytes(data[:8], "little")
+    if size > min(SAFETENSORS_HEADER_LIMIT, len(data) - 8):
+        raise NSRError(f"{path}: its header declares {size:,} bytes; the file holds {len(data) - 8:,} after it "
+                       f"(truncated or not a safetensors file)")
+    header = parse_json(data[8:8 + size], f"{path} (safetensors header)")
+    if not isinstance(header, dict):
+        raise NSRError(f"{path}: safetensors header is a JSON {type(header).__name__}, not an object")
+    body, total = len(data) - 8 - size, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise NSRError(f"{path}: safetensors __metadata__ must map names to strings")
+            continue
+        total += _safetensors_entry_elements(name, entry, body, path)
+    check_tensor_elements(total, str(path))
+    return header
+
+
+def _sizes(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value)
+
+
+def _safetensors_entry_elements(name: str, entry: object, body: int, path: Path) -> int:
+    """Elements of one safetensors tensor entry, refused unless its dtype, shape and offsets agree."""
+    where = f"{path}: tensor {name[:80]!r}"
+    if not isinstance(entry, dict):
+        raise NSRError(f"{where}: its header entry is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in SAFETENSORS_DTYPE_BYTES:
+        raise NSRError(f"{where}: unknown dtype {dtype!r:.20}")
+    if not _sizes(shape) or len(shape) > 8:
+        raise NSRError(f"{where}: shape must be a list of at most 8 sizes, got {shape!r:.60}")
+    if not _sizes(offsets) or len(offsets) != 2 or not offsets[0] <= offsets[1] <= body:
+        raise NSRError(f"{where}: data offsets {offsets!r:.60} lie outside the file's {body:,} data bytes")
+    elements = math.prod(shape)
+    if elements * SAFETENSORS_DTYPE_BYTES[dtype] != offsets[1] - offsets[0]:
+        raise NSRError(f"{where}: shape {shape} of {dtype} does not fill its {offsets[1] - offsets[0]:,} bytes")
+    return elements
+
+
+def _path_exists(path: Path) -> bool:
+    """``Path.exists`` that says "permission denied" in one line instead of raising."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except PermissionError:
+        raise NSRError(f"{path}: permission denied (this user cannot reach it)") from None
+    except OSError as e:
+        raise NSRError(f"{path}: cannot read it ({e.strerror or e})") from None
+    return True
+
+
 def _load_native(path: Path, image_mean: float | None, patch_size: int | None) -> LoadedModel:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
 
     st = path.with_suffix(".safetensors")
     js = path.with_suffix(".json")
-    if not st.exists():
+    if not _path_exists(st):
         raise NSRError(f"{st}: weights file not found")
+    data = _read_file(st, "safetensors weights file")
+    header = _safetensors_header(data, st)
+    if _path_exists(js):
+        doc, where = read_json(js), str(js)
+    else:
+        embedded = header.get("__metadata__", {}).get("nsr_deploy", "{}")
+        doc, where = parse_json(embedded, f"{st} (metadata)"), str(st)
+    cfg = native_config(doc, where)  # checked before any weight is read
     try:
-        if js.exists():
-            doc = json.loads(read_small_text(js))
-        else:
-            with safe_open(str(st), "pt") as f:
-                doc = json.loads((f.metadata() or {}).get("nsr_deploy", "{}"))
-        cfg = native_config(doc, str(js))  # checked before any weight is read
-        sd = checked_tensors(load_file(str(st)), str(st))
-    except (SafetensorError, json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
+        sd = checked_tensors(load_safetensors(data), str(st))
+    except (SafetensorError, OSError, ValueError) as e:
         raise NSRError(f"{st}: unreadable native model ({str(e).splitlines()[0][:160]})") from None
     check_finite(sd, str(st))
     overrides = {}
@@ -266,7 +409,7 @@ def _load_native(path: Path, image_mean: float | None, patch_size: int | None) -
     cfg = cfg.replace(**overrides)
     net = build_net(cfg, {k: v.float() for k, v in sd.items()}, str(st))
     meta = dict(doc.get("meta") or {})
-    return LoadedModel(net, str(st), "native", sha256_file(st), meta.get("name", path.stem), meta)
+    return LoadedModel(net, str(st), "native", sha256_bytes(data), meta.get("name", path.stem), meta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +421,7 @@ def load_model(spec: str | Path, image_mean: float | None = None, patch_size: in
     from nsr_deploy.assets import bundled_path
 
     path = Path(spec)
-    if not path.exists():
+    if not _path_exists(path):
         bundled = bundled_path(str(spec))
         if bundled is None:
             raise NSRError(f"{spec}: no such file (and no bundled model of that name)")
@@ -287,13 +430,13 @@ def load_model(spec: str | Path, image_mean: float | None = None, patch_size: in
         raise NSRError(f"{path}: is a directory, expected a checkpoint file")
     if path.suffix in (".safetensors", ".json"):
         return _load_native(path, image_mean, patch_size)
-    obj = _read_torch_file(path)
+    obj, data = _read_torch_file(path)
     sd = fold_state_dict(_state_dict_of(obj, path))
     check_finite(sd, str(path))
     cfg = infer_config(sd, 0.5 if image_mean is None else image_mean, 48 if patch_size is None else patch_size)
     net = build_net(cfg, sd, str(path))
     name = re.sub(r"\W+", "-", path.stem).strip("-") or "model"
-    return LoadedModel(net, str(path), "reference", sha256_file(path), name)
+    return LoadedModel(net, str(path), "reference", sha256_bytes(data), name)
 
 
 def save_reference_checkpoint(net: NSRNet, path: str | Path, epoch: int = 0) -> None:

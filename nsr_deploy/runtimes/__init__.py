@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
+from nsr_deploy.budgets import check_threads
 from nsr_deploy.capabilities import AUTO_ORDER, BACKEND_OF_SUFFIX, BACKENDS, REFERENCE_BACKEND, TARGET_OF_BACKEND
 from nsr_deploy.errors import BackendUnavailable, NSRError
-from nsr_deploy.runtimes.contract import verified_files
+from nsr_deploy.runtimes.contract import read_engine_files, verified_files
+from nsr_deploy.safe_read import parse_json
 
 
 def runner_class(backend: str):
@@ -38,41 +39,50 @@ def backend_unavailable(backend: str) -> str | None:
     return check() if check else None
 
 
-def _manifest_of_file(path: Path) -> dict | None:
-    from nsr_deploy.runtimes.manifest import MANIFEST, read_manifest
+def _file_and_manifest(path: Path):
+    """A lone engine file's bytes (read once) and its contract: from the ``nsr.json`` beside it when that
+    describes this file (then its hashes are checked), else the one embedded in the file itself."""
+    from nsr_deploy.runtimes.manifest import MANIFEST, check_embedded, read_manifest
 
     if (path.parent / MANIFEST).exists():
         manifest = read_manifest(path.parent)
-        for entry in manifest["targets"].values():  # the file the manifest describes must be the one recorded
+        for target, entry in manifest["targets"].items():  # the file the manifest describes must be the one recorded
             if entry.get("file") == path.name:
-                verified_files(path.parent, entry, str(path.parent / MANIFEST))
-        return manifest
+                files = verified_files(path.parent, entry, str(path.parent / MANIFEST))
+                check_embedded(manifest, target, _by_name(entry, files), str(path.parent / MANIFEST))
+                return files, manifest
+    files = read_engine_files(path)
     if path.suffix == ".xml":  # a bare IR: its contract travels in the IR's rt_info
         from nsr_deploy.runtimes.ov_runner import read_ir_manifest
 
         try:
-            return read_ir_manifest(path)
+            return files, read_ir_manifest(files)
         except RuntimeError as e:
             raise NSRError(f"{path}: OpenVINO cannot read it ({str(e).strip().splitlines()[0][:160]})") from None
     if path.suffix == ".onnx":  # a bare model: its contract travels in the ONNX metadata
-        props = _onnx_metadata(path)
+        props = _onnx_metadata(files.engine, path)
         if "nsr_manifest" in props:
-            try:
-                return json.loads(props["nsr_manifest"])
-            except json.JSONDecodeError as e:
-                raise NSRError(f"{path}: its nsr_manifest metadata is not valid JSON ({e})") from None
-    return None
+            return files, parse_json(props["nsr_manifest"], f"{path}: its nsr_manifest metadata")
+    return files, None
 
 
-def _onnx_metadata(path: Path) -> dict:
-    """An ONNX file's metadata props, read by ``onnx`` or, without it, by ONNX Runtime."""
+def _by_name(entry: dict, files) -> dict[str, bytes]:
+    """The verified bytes keyed by the names the manifest entry gives them."""
+    out = {entry["file"]: files.engine}
+    if entry.get("weights") is not None:
+        out[entry["weights"]] = files.weights
+    return out
+
+
+def _onnx_metadata(data: bytes, path: Path) -> dict:
+    """An ONNX model's metadata props, read from its bytes by ``onnx`` or, without it, by ONNX Runtime."""
     try:
         import onnx
     except ImportError:
         onnx = None
     if onnx is not None:
         try:
-            model = onnx.load(str(path), load_external_data=False)
+            model = onnx.load_from_string(data)
         except Exception as e:  # noqa: BLE001 - protobuf's decode errors have no common base worth naming
             raise NSRError(f"{path}: not a readable ONNX model ({str(e).strip()[:160] or type(e).__name__})") \
                 from None
@@ -85,7 +95,7 @@ def _onnx_metadata(path: Path) -> dict:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 4
     try:
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     except Exception:  # noqa: BLE001 - not loadable here: no contract to read
         return {}
     return dict(session.get_modelmeta().custom_metadata_map)
@@ -98,8 +108,9 @@ def load(path, backend: str = "auto", threads: int | None = None, tiling: str = 
     Activation is lazy: the backend loads on first use or on ``activate()`` / ``with``.
     """
     from nsr_deploy.runtimes.engine import Engine
-    from nsr_deploy.runtimes.manifest import MANIFEST, manifest_config, read_manifest
+    from nsr_deploy.runtimes.manifest import MANIFEST, check_embedded, manifest_config, read_manifest
 
+    check_threads(threads, "threads")  # thousands of runtime threads deadlock: refused as the CLI refuses them
     p = Path(str(path))
     if p.is_dir():
         manifest = read_manifest(p)
@@ -117,11 +128,12 @@ def load(path, backend: str = "auto", threads: int | None = None, tiling: str = 
         target = TARGET_OF_BACKEND[backend]
         if target not in targets:
             raise NSRError(f"{p}: holds no {target} engine (it has: {', '.join(targets)})")
-        file = verified_files(p, targets[target], str(p / MANIFEST))
-        kwargs = {}
+        files = verified_files(p, targets[target], str(p / MANIFEST))  # read once, hashed: what runs
+        check_embedded(manifest, target, _by_name(targets[target], files), str(p / MANIFEST))
+        kwargs = {"files": files}
         if backend == "openvino" and targets[target].get("static_batch") is None and tile_batch:
             kwargs["tile_batch"] = tile_batch  # dynamic engines are reshaped to the tile batch at load
-        runner = runner_class(backend)(str(file), threads, **kwargs)
+        runner = runner_class(backend)(str(files.path), threads, **kwargs)
         return Engine(runner, manifest_config(manifest, str(p / MANIFEST)), tiling, tile_batch, manifest)
     if p.suffix in BACKEND_OF_SUFFIX:
         if not p.exists():
@@ -129,10 +141,10 @@ def load(path, backend: str = "auto", threads: int | None = None, tiling: str = 
         want = BACKEND_OF_SUFFIX[p.suffix]
         if backend not in ("auto", want):
             raise NSRError(f"{p.name} is a {want} engine; backend {backend!r} cannot run it")
-        manifest = _manifest_of_file(p)
+        files, manifest = _file_and_manifest(p)
         if manifest is None:
             raise NSRError(f"{p}: no nsr.json beside it, so its I/O contract is unknown")
-        runner = runner_class(want)(str(p), threads)
+        runner = runner_class(want)(str(p), threads, files=files)
         return Engine(runner, manifest_config(manifest, str(p)), tiling, tile_batch, manifest)
     # anything else: a checkpoint or bundled model, run by the PyTorch reference
     if backend not in ("auto", REFERENCE_BACKEND):

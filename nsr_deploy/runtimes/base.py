@@ -19,9 +19,10 @@ class Runner:
     backend = "?"
     precision = "fp32"
 
-    def __init__(self, path: str, threads: int | None = None):
+    def __init__(self, path: str, threads: int | None = None, files=None):
         self.path = str(path)
         self.threads = threads
+        self._files = files  # contract.EngineFiles: the verified bytes of an export folder's engine
         self.static_batch: int | None = None
         self._active = False
         self._lock = threading.Lock()
@@ -94,6 +95,16 @@ class Runner:
         return self._infer(xb, vb)[:m]
 
     # -- for subclasses --------------------------------------------------------------------
+    def engine_files(self):
+        """The engine's bytes, read once (:class:`~.contract.EngineFiles`): those an export folder's hash
+        check verified, or, for a bare engine file, read now. Runtimes load from these bytes, never from
+        the path again."""
+        if self._files is None:
+            from nsr_deploy.runtimes.contract import read_engine_files
+
+            self._files = read_engine_files(self.path)
+        return self._files
+
     def _activate(self) -> None:
         raise NotImplementedError
 

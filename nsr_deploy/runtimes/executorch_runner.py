@@ -84,8 +84,9 @@ def unavailable() -> str | None:
     return None
 
 
-def load_method(path: str, threads: int | None):
-    """The ``forward`` method of a .pte file, loaded; ``threads`` resizes XNNPACK's (process-wide) pool."""
+def load_method(path: str, threads: int | None, data: bytes | None = None):
+    """The ``forward`` method of a .pte file, loaded from ``data`` (its bytes, read once and checked) or
+    else from ``path``; ``threads`` resizes XNNPACK's (process-wide) pool."""
     why = unavailable()
     if why:
         raise BackendUnavailable(why)
@@ -97,7 +98,7 @@ def load_method(path: str, threads: int | None):
         with native_stderr_silenced():
             if threads and portable_lib._threadpool_get_thread_count() != threads:
                 portable_lib._unsafe_reset_threadpool(threads)
-            program = Runtime.get().load_program(path)
+            program = Runtime.get().load_program(path if data is None else data)
             if METHOD not in program.method_names:
                 raise NSRError(f"{path}: not an nsr-deploy ExecuTorch model (no method {METHOD!r})")
             return program.load_method(METHOD)
@@ -110,15 +111,15 @@ def load_method(path: str, threads: int | None):
 class ExecuTorchRunner(Runner):
     backend = "executorch"
 
-    def __init__(self, path: str, threads: int | None = None):
-        super().__init__(path, threads)
+    def __init__(self, path: str, threads: int | None = None, files=None):
+        super().__init__(path, threads, files)
         self.method = None
         self.max_side: tuple[int, int] | None = None
         self.half = False
         self._call_lock = threading.Lock()
 
     def _activate(self) -> None:
-        self.method = load_method(self.path, self.threads)
+        self.method = load_method(self.path, self.threads, self.engine_files().engine)
         meta = self.method.metadata
         if meta.num_inputs() != 2 or meta.num_outputs() != 1:
             raise NSRError(f"{self.path}: not an nsr-deploy ExecuTorch model ({meta.num_inputs()} inputs, "

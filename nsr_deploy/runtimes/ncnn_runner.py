@@ -16,8 +16,6 @@ Choices, and why:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from nsr_deploy.errors import BackendUnavailable, NSRError
@@ -38,16 +36,11 @@ def unavailable() -> str | None:
     return None
 
 
-def weights_of(param: str | Path) -> Path:
-    """``model.ncnn.bin`` beside ``model.ncnn.param``."""
-    return Path(param).with_suffix(".bin")
-
-
 class NcnnRunner(Runner):
     backend = "ncnn"
 
-    def __init__(self, path: str, threads: int | None = None, vulkan: bool = False):
-        super().__init__(path, threads)
+    def __init__(self, path: str, threads: int | None = None, vulkan: bool = False, files=None):
+        super().__init__(path, threads, files)
         self.vulkan = vulkan
         self.net = None
 
@@ -57,10 +50,9 @@ class NcnnRunner(Runner):
             raise BackendUnavailable(why)
         import ncnn
 
-        weights = weights_of(self.path)
-        for file in (Path(self.path), weights):
-            if not file.is_file():
-                raise NSRError(f"{file}: no such file (an ncnn model is a .param and its .bin)")
+        files = self.engine_files()  # the .param and its .bin, read once (hashed, in an export folder)
+        if files.weights is None:
+            raise NSRError(f"{self.path}: an ncnn model is a .param and its .bin")
         if self.vulkan and ncnn.get_gpu_count() == 0:
             raise BackendUnavailable("ncnn sees no Vulkan GPU here; run it on the CPU (vulkan=False)")
         net = ncnn.Net()
@@ -70,7 +62,13 @@ class NcnnRunner(Runner):
         if self.threads:
             net.opt.num_threads = self.threads
         # ncnn returns a status code (and logs to stderr) instead of raising
-        if net.load_param(str(self.path)) != 0 or net.load_model(str(weights)) != 0:
+        try:
+            param = files.engine.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NSRError(f"{self.path}: not an ncnn .param file (not text)") from None
+        # from memory: ncnn reads nothing from disk after the bytes were checked; it keeps pointers into
+        # the weights, so they live as long as the runner (self._files)
+        if net.load_param_mem(param) != 0 or net.load_model_mem(files.weights) not in (None, 0):
             raise NSRError(f"{self.path}: ncnn cannot load it (not an ncnn .param / .bin pair)")
         if list(net.input_names()) != list(INPUT_BLOBS) or OUTPUT_BLOB not in net.output_names():
             raise NSRError(f"{self.path}: not an nsr-deploy ncnn model (blobs {list(net.input_names())} -> "

@@ -29,14 +29,14 @@ def unavailable() -> str | None:
     return None
 
 
-def _portable_batch(path: str) -> tuple[int | None, bool]:
+def _portable_batch(data: bytes) -> tuple[int | None, bool]:
     """The model's fixed patch batch (None: dynamic) and whether it is a portable NSR model."""
     try:
         import onnx
     except ImportError:
         return None, False
     try:
-        model = onnx.load(path, load_external_data=False)
+        model = onnx.load_from_string(data)
         dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     except Exception:  # noqa: BLE001 - unreadable: not specialised; loading it says why in one line
         return None, False
@@ -49,8 +49,9 @@ class OrtRunner(Runner):
     backend = "onnxruntime"
     DEFAULT_BATCH = 16  # the blocked batch of a dynamic-batch portable model (the engine's tile batch)
 
-    def __init__(self, path: str, threads: int | None = None, optimization: str = "all", specialise: bool = True):
-        super().__init__(path, threads)
+    def __init__(self, path: str, threads: int | None = None, optimization: str = "all", specialise: bool = True,
+                 files=None):
+        super().__init__(path, threads, files)
         self.optimization = optimization
         self.specialise = specialise
         self.session = None
@@ -81,11 +82,12 @@ class OrtRunner(Runner):
         why = unavailable()
         if why:
             raise BackendUnavailable(why)
-        batch, portable = _portable_batch(self.path)
+        data = self.engine_files().engine  # read once; never opened again by path
+        batch, portable = _portable_batch(data)
         if self.specialise and portable:
-            self._activate_specialised(batch)
+            self._activate_specialised(data, batch)
         else:
-            self.session = self._session(self.path)
+            self.session = self._session(data)
         shape = self.session.get_inputs()[0].shape
         self.session_batch = shape[0] if isinstance(shape[0], int) else None
         # the file's own batch, not the specialised session's: the tiling plan (and so every output
@@ -93,27 +95,40 @@ class OrtRunner(Runner):
         self.static_batch = batch if self.specialise and portable else self.session_batch
         self._check_nchwc_block()
 
-    def _activate_specialised(self, batch: int | None) -> None:
+    def _activate_specialised(self, data: bytes, batch: int | None) -> None:
         import functools
 
         from nsr_deploy.runtimes.ort_specialise import session, specialise
 
-        portable = functools.cache(lambda: session(self.path, self.threads))  # built once, only on a cache miss
-        main = specialise(self.path, batch or self.DEFAULT_BATCH, self.threads, portable)
+        portable = functools.cache(lambda: session(data, self.threads))  # built once, only on a cache miss
+        main = specialise(data, batch or self.DEFAULT_BATCH, self.threads, portable)
         self.specialisation = main.as_dict()
         if main.why and main.quiet:
-            self.session = self._session(self.path)
+            self.session = self._session(data)
             return
         if main.why:
             warnings.warn(f"{self.path}: running the portable model, not ONNX Runtime's NCHWc form: {main.why}",
                           SpecialisationWarning, stacklevel=4)
-            self.session = self._session(self.path)
+            self.session = self._session(data)
             return
-        self.session = self._session(main.path)
+        self.session = self._cached_session(main, data, portable) or self._session(data)
         if main.batch > 1:
-            single = specialise(self.path, 1, self.threads, portable)
+            single = specialise(data, 1, self.threads, portable)
             if single.why is None:
-                self.single = self._session(single.path)
+                self.single = self._cached_session(single, data, portable)
+
+    def _cached_session(self, built, data: bytes, portable):
+        """A session of a blocked model, or None; a cache entry ONNX Runtime cannot load is rebuilt once,
+        not blamed on the export."""
+        from nsr_deploy.runtimes.ort_specialise import specialise
+
+        try:
+            return self._session(built.data)
+        except NSRError:
+            if not built.cached:
+                raise
+        rebuilt = specialise(data, built.batch, self.threads, portable, refresh=True)
+        return self._session(rebuilt.data) if rebuilt.why is None else None
 
     def _check_nchwc_block(self) -> None:
         """A blocked model's filters are laid out for one NCHWc block size: refuse another."""

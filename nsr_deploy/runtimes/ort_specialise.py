@@ -10,6 +10,13 @@ portable model's sha256, the ONNX Runtime version, the block size and the batch,
 never used on another CPU kind or runtime. Where any step fails the runner keeps the portable model
 and says why.
 
+A cache entry is not trusted for being there: beside it a record (``NAME.json``) holds the entry's own
+sha256 and the key it was built for (source model sha256, rewrite version, ONNX Runtime version, block,
+batch). An entry is used only when it is a regular file whose bytes match its record and the record
+matches the model being loaded; the bytes that were hashed are the ones loaded. Anything else (a
+replaced, truncated or garbage entry, a missing or foreign record, an entry ONNX Runtime cannot load) is
+rebuilt from the verified portable model and written again.
+
 Cache folder: ``$NSR_DEPLOY_CACHE/onnxruntime``, else ``$XDG_CACHE_HOME/nsr-deploy/onnxruntime``, else
 ``~/.cache/nsr-deploy/onnxruntime``. Files are written to a temp name and renamed (atomic), and only
 after the check passed.
@@ -21,20 +28,25 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from nsr_deploy.errors import NSRError
+from nsr_deploy.safe_read import MAX_ENGINE_BYTES, parse_json, read_json, read_regular, sha256_bytes
 
 MAX_ABS = 1e-5
 CHECK_SEED = 20
 CACHE_ENV = "NSR_DEPLOY_CACHE"
 CHECK_SIZE = 32  # side of the check patches: any size pools as one patch; small keeps the first load short
+REWRITE_VERSION = 1  # bump when nchwc_graph writes another graph for the same input: old entries go unused
 
 
 @dataclass
 class Specialised:
-    """What the runner should load: ``path`` (the blocked model) or, when ``why`` is set, the portable one."""
+    """What the runner should load: ``data`` (the blocked model, cached at ``path``) or, when ``why`` is set,
+    the portable one."""
 
     path: str | None = None
     block: int = 0
@@ -43,6 +55,7 @@ class Specialised:
     max_abs: float | None = None
     why: str | None = None
     quiet: bool = False  # nothing lost by not specialising (a dense model): no warning
+    data: bytes | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict:
         return {"nchwc": self.why is None, "block": self.block or None, "batch": self.batch, "cached": self.cached,
@@ -58,6 +71,39 @@ def cache_dir() -> Path:
 
 def cache_key(model_sha256: str, ort_version: str, block: int, batch: int) -> str:
     return f"{model_sha256[:32]}-ort{ort_version}-b{block}-n{batch}.onnx"
+
+
+def record_of(path: Path) -> Path:
+    """The record beside a cache entry: its sha256 and the key it was built for."""
+    return path.with_name(path.name + ".json")
+
+
+def _expected_record(model_sha256: str, ort_version: str, block: int, batch: int) -> dict:
+    return {"source_sha256": model_sha256, "rewrite_version": REWRITE_VERSION, "onnxruntime": ort_version,
+            "block": block, "batch": batch}
+
+
+def read_cached(path: Path, expected: dict) -> bytes | None:
+    """The cache entry's bytes when it is a regular file matching its record and the record matches
+    ``expected``; None (rebuild it) otherwise."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        record = read_json(record_of(path), "cache record")
+        data = read_regular(path, MAX_ENGINE_BYTES, "cache entry")
+    except NSRError:
+        return None
+    if not isinstance(record, dict) or record.get("sha256") != sha256_bytes(data):
+        return None
+    if {k: record.get(k) for k in expected} != expected:
+        return None
+    return data
+
+
+def write_cached(path: Path, data: bytes, expected: dict) -> None:
+    """The entry first, then its record: a reader in between finds them disagree and rebuilds."""
+    _atomic_write(path, data)
+    _atomic_write(record_of(path), (json.dumps({**expected, "sha256": sha256_bytes(data)}, indent=1) + "\n").encode())
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -113,13 +159,18 @@ def contract_of(model) -> dict:
     props = {p.key: p.value for p in model.metadata_props}
     if "nsr_manifest" not in props:
         raise ValueError("the model carries no nsr_manifest metadata")
-    return json.loads(props["nsr_manifest"])
+    try:
+        return parse_json(props["nsr_manifest"], "nsr_manifest")
+    except NSRError as e:
+        raise ValueError(str(e)) from None
 
 
-def specialise(path: str, batch: int, threads: int | None = None, portable_session=None) -> Specialised:
-    """The blocked twin of the portable model at ``path`` for ``batch`` patches, from the cache or built
-    and checked now; ``why`` says why not (then the caller runs the portable model). ``portable_session``:
-    a callable giving an ONNX Runtime session of the portable model, to share one between calls."""
+def specialise(data: bytes, batch: int, threads: int | None = None, portable_session=None,
+               refresh: bool = False) -> Specialised:
+    """The blocked twin of the portable model ``data`` (its verified bytes) for ``batch`` patches, from the
+    cache or built and checked now; ``why`` says why not (then the caller runs the portable model).
+    ``portable_session``: a callable giving an ONNX Runtime session of the portable model, to share one
+    between calls. ``refresh``: rebuild even if a valid-looking entry exists (it failed to load)."""
     try:
         import onnx
         import onnxruntime as ort
@@ -128,7 +179,6 @@ def specialise(path: str, batch: int, threads: int | None = None, portable_sessi
     from nsr_deploy.config import NSRConfig
     from nsr_deploy.runtimes.nchwc_probe import mlas_block_size
 
-    data = Path(path).read_bytes()
     model = onnx.load_from_string(data)
     try:
         sparse = NSRConfig.from_dict(contract_of(model)["model"]["config"]).sparse
@@ -139,16 +189,19 @@ def specialise(path: str, batch: int, threads: int | None = None, portable_sessi
     block = mlas_block_size()
     if block <= 1:
         return Specialised(batch=batch, why="this ONNX Runtime has no NCHWc kernels on this CPU")
-    target = cache_dir() / cache_key(hashlib.sha256(data).hexdigest(), ort.__version__, block, batch)
-    if target.is_file():
-        return Specialised(str(target), block, batch, cached=True)
+    source_sha = hashlib.sha256(data).hexdigest()
+    target = cache_dir() / cache_key(source_sha, ort.__version__, block, batch)
+    expected = _expected_record(source_sha, ort.__version__, block, batch)
+    cached = None if refresh else read_cached(target, expected)
+    if cached is not None:
+        return Specialised(str(target), block, batch, cached=True, data=cached)
     try:
         blocked = build(model, block, batch)
     except Exception as e:  # noqa: BLE001 - any failure to read or rewrite keeps the portable model
         return Specialised(block=block, batch=batch, why=f"cannot rewrite it: {str(e).splitlines()[0][:200]}")
     blocked_bytes = blocked.SerializeToString()
     try:
-        reference = portable_session() if portable_session else session(path, threads)
+        reference = portable_session() if portable_session else session(data, threads)
         max_abs = verify(blocked_bytes, reference, threads, blocked)
     except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types
         return Specialised(block=block, batch=batch, why=f"ONNX Runtime cannot run the blocked form "
@@ -157,10 +210,10 @@ def specialise(path: str, batch: int, threads: int | None = None, portable_sessi
         return Specialised(block=block, batch=batch, max_abs=max_abs,
                            why=f"the blocked form differs from the portable one by {max_abs:.3g} > {MAX_ABS:g}")
     try:
-        _atomic_write(target, blocked_bytes)
-    except OSError as e:  # a read-only home: run it from memory
-        return Specialised(block=block, batch=batch, max_abs=max_abs, why=f"cache not writable ({e.strerror})")
-    return Specialised(str(target), block, batch, max_abs=max_abs)
+        write_cached(target, blocked_bytes, expected)
+    except OSError:  # a read-only home: run it from memory, checked just now
+        return Specialised(None, block, batch, max_abs=max_abs, data=blocked_bytes)
+    return Specialised(str(target), block, batch, max_abs=max_abs, data=blocked_bytes)
 
 
 def build(model, block: int, batch: int):

@@ -25,7 +25,6 @@ Choices, and why:
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import time
@@ -35,6 +34,7 @@ import numpy as np
 
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.runtimes.base import Runner
+from nsr_deploy.safe_read import parse_json
 
 CACHE_ENV = "NSR_DEPLOY_CACHE"
 CACHE_OFF = ("", "0", "off", "none", "false")
@@ -71,17 +71,30 @@ def ir_metadata(model) -> dict:
             out[key] = model.get_rt_info([RT_INFO_ROOT, key]).astype(str)
     if "manifest" in out:
         try:
-            out["manifest"] = json.loads(out["manifest"])
-        except json.JSONDecodeError:
+            out["manifest"] = parse_json(out["manifest"], "the IR's manifest")
+        except NSRError:
             del out["manifest"]
     return out
 
 
-def read_ir_manifest(path: str | Path) -> dict | None:
-    """The I/O contract embedded in an IR (so a bare ``model.xml`` is self-describing), or None."""
+def read_ir(core, xml: bytes, weights: bytes):
+    """An ``ov.Model`` from the IR's bytes: OpenVINO reads nothing from disk (no second look at a path
+    that may have been swapped since its bytes were checked)."""
     from nsr_deploy.runtimes.ov_import import ov
 
-    return ir_metadata(ov.Core().read_model(str(path))).get("manifest")
+    return core.read_model(model=xml, weights=ov.Tensor(np.frombuffer(weights, np.uint8)))
+
+
+def read_ir_manifest(files) -> dict | None:
+    """The I/O contract embedded in an IR (so a bare ``model.xml`` is self-describing), or None;
+    ``files``: its :class:`~.contract.EngineFiles`, or the path of a bare IR (read once here)."""
+    from nsr_deploy.runtimes.contract import read_engine_files
+    from nsr_deploy.runtimes.ov_import import ov
+
+    if isinstance(files, (str, Path)):
+        files = read_engine_files(files)
+
+    return ir_metadata(read_ir(ov.Core(), files.engine, files.weights or b"")).get("manifest")
 
 
 def _precision_from_manifest(path: Path) -> str | None:
@@ -110,8 +123,8 @@ class OvRunner(Runner):
 
     def __init__(self, path: str, threads: int | None = None, hint: str = "latency", tile_batch: int | None = None,
                  shape: tuple[int, int] | None = None, cache: bool = True, execution_precision: str | None = None,
-                 device: str = "CPU"):
-        super().__init__(path, threads)
+                 device: str = "CPU", files=None):
+        super().__init__(path, threads, files)
         if hint not in HINTS:
             raise NSRError(f"unknown performance hint {hint!r} (choose from {', '.join(HINTS)})")
         if execution_precision is not None and execution_precision not in EXECUTION_PRECISIONS:
@@ -153,15 +166,14 @@ class OvRunner(Runner):
         from nsr_deploy.runtimes.ov_import import ov
 
         path = Path(self.path)
-        if not path.exists():
-            raise NSRError(f"{path}: no such file")
-        if not path.with_suffix(".bin").exists():
-            raise NSRError(f"{path}: its weights file {path.with_suffix('.bin').name} is missing")
+        files = self.engine_files()  # the .xml and the .bin it names, read once (hashed, in an export folder)
+        if files.weights is None:
+            raise NSRError(f"{path}: an OpenVINO IR needs its weights file (.bin)")
         self._ensure_cache_dir()
         t0 = time.perf_counter()
         core = ov.Core()
         try:
-            model = core.read_model(str(path))
+            model = read_ir(core, files.engine, files.weights)
         except RuntimeError as e:
             raise NSRError(f"{path}: OpenVINO cannot read it ({_error_summary(e)})") from None
         self.precision = _precision_from_manifest(path) or ir_metadata(model).get("precision") \

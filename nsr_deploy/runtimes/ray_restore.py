@@ -7,7 +7,8 @@ carries the *paths* to the actors, and each actor restores and writes its images
 Paths travel rather than pixels because the images must be decoded by :func:`read_image` (EXIF
 orientation, 16-bit and alpha handling) for the outputs to be identical, and because one broken
 file must fail alone: it is reported, and the rest go on. Outputs that already exist are skipped
-(a rerun resumes; files are written atomically, so an existing output is a complete one).
+(a rerun resumes; files are written atomically, so an existing output is a complete one, and the
+hidden temp files of a killed run are removed by the driver before the pool starts).
 
 On a multi-node cluster the model, the inputs and the output folder must be on a file system every
 node sees, and every node needs nsr-deploy with its runtime installed. Ray is imported lazily.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from nsr_deploy.budgets import max_pixels
 from nsr_deploy.errors import BackendUnavailable, NSRError
-from nsr_deploy.runtimes.restore_files import Job, Outcome, restore_file
+from nsr_deploy.runtimes.restore_files import Job, Outcome, clean_partials, restore_file
 
 LOCAL = "local"
 LOOPBACK = "127.0.0.1"
@@ -217,6 +218,7 @@ def restore_with_ray(jobs: list[Job], model: str, backend: str = "auto", threads
     if workers < 1 or threads < 1:
         raise NSRError("workers and threads must be >= 1")
     model = str(Path(model).absolute()) if Path(model).exists() else model
+    clean_partials(jobs)  # on a shared disk, only this machine's dead runs' (another's may still be writing)
     todo, done = split_done(jobs)
     if todo and address == LOCAL:
         preflight(model, backend, threads, tiling, tile_batch)

@@ -21,7 +21,6 @@ Choices, and why:
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 
 from nsr_deploy.errors import BackendUnavailable, NSRError
 from nsr_deploy.runtimes.base import Runner
+from nsr_deploy.safe_read import read_json
 
 IO_NAMES = ("x", "valid", "y")
 
@@ -99,9 +99,13 @@ def read_profiles(engine) -> list[EngineProfile]:
 def built_with(engine_path: str | Path) -> dict:
     """What the export recorded about where this engine was built (empty when no nsr.json is beside it)."""
     manifest = Path(engine_path).parent / "nsr.json"
+    if not manifest.exists():
+        return {}
     try:
-        doc = json.loads(manifest.read_text())
-    except (OSError, ValueError):
+        doc = read_json(manifest)
+    except NSRError:
+        return {}
+    if not isinstance(doc, dict) or not isinstance(doc.get("targets"), dict):
         return {}
     entry = doc.get("targets", {}).get("tensorrt", {})
     return {k: entry[k] for k in ("precision", "tensorrt", "gpu", "compute_capability") if k in entry}
@@ -110,8 +114,9 @@ def built_with(engine_path: str | Path) -> dict:
 class TrtRunner(Runner):
     backend = "tensorrt"
 
-    def __init__(self, path: str, threads: int | None = None, cuda_provider: str = "auto", device: int = 0):
-        super().__init__(path, threads)  # threads: CPU threads do not apply to a GPU engine
+    def __init__(self, path: str, threads: int | None = None, cuda_provider: str = "auto", device: int = 0,
+                 files=None):
+        super().__init__(path, threads, files)  # threads: CPU threads do not apply to a GPU engine
         why = unavailable()
         if why:
             raise BackendUnavailable(why)
@@ -165,10 +170,7 @@ class TrtRunner(Runner):
         logger = collecting_logger(trt)
         self._logger = logger  # TensorRT keeps a pointer to it
         self._runtime = trt.Runtime(logger)
-        try:
-            data = Path(self.path).read_bytes()
-        except OSError as e:
-            raise NSRError(f"{self.path}: cannot read it ({e.strerror})") from None
+        data = self.engine_files().engine  # read once (hashed, in an export folder)
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
             where = self.recorded
