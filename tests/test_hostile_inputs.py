@@ -285,13 +285,13 @@ MANIFEST_CASES = {
     "symlink": (_symlink_out, "outside its folder"),
     "swapped": (_swap_model, "sha256"),
     "list": (lambda doc, folder: [doc], "manifest format"),
-    "no_model": (_drop("model"), "model must be an object"),
-    "no_file": (_drop("targets", "onnx", "file"), "file must be str"),
+    "no_model": (_drop("model"), "model is missing"),
+    "no_file": (_drop("targets", "onnx", "file"), "file is missing"),
     "bad_sha": (lambda doc, folder: {**doc, "targets": {"onnx": {**doc["targets"]["onnx"], "sha256": 5}}},
                 "sha256"),
-    "scale": (_scale, "manifest promises"),
+    "scale": (_scale, "embedded in the verified"),
     "disagree": (_disagree, "semantics.channels"),
-    "corrupt_onnx": (_corrupt, "cannot load"),
+    "corrupt_onnx": (_corrupt, "sha256"),
     "huge_config": (lambda doc, folder: {**doc, "model": {**doc["model"], "config": {
         **doc["model"]["config"], "units": 1024, "block_width": 8192, "num_blocks": 256}}}, "budget"),
 }

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -317,3 +318,22 @@ def test_animations_and_pages_beyond_the_first_are_warned(tmp_path, name, kw):
     assert "3 frames: only the first is restored" in img.warnings
     assert img.pixels.shape == (6, 8, 3)
     assert not any("frames" in w for w in read_image(_image(tmp_path / "still.png"), 3).warnings)
+
+
+def test_a_replaced_export_left_aside_by_a_killed_run_loses_only_what_it_wrote(tiny, work):
+    old = work / ".out.old-killed0"  # a run SIGKILLed between moving OUT aside and renaming the new one in
+    shutil.copytree(tiny["export"], old / "x")
+    (old / "x" / "mine.txt").write_text("mine")
+    (old / output_folder.MARKER).write_text(f"999999999 {socket.gethostname()}\n")  # its process is gone
+    with atomic_output(work / "out") as tmp:
+        (tmp / "f").write_text("x")
+    assert sorted(p.name for p in (old / "x").iterdir()) == ["mine.txt"]
+    assert (old / "x" / "mine.txt").read_text() == "mine" and not (old / output_folder.MARKER).exists()
+
+
+def test_an_input_whose_output_format_is_not_written_asks_for_suffix_first(work):
+    _frames(work / "anim.gif", 2)
+    before = snapshot(work)
+    res = invoke(["restore", "anim.gif", "-o", "out", "-m", "no-such-model"], work)  # refused before loading
+    assert_one_error(res.exit_code, res.stderr, 2, "--suffix")
+    assert changes(before, snapshot(work)) == []

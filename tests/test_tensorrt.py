@@ -309,7 +309,10 @@ def test_loading_an_engine_without_tensorrt_says_what_is_missing(onnx_folder, tm
     shutil.copytree(onnx_folder, folder)
     (folder / "model.engine").write_bytes(b"never read without TensorRT")
     doc = json.loads((folder / "nsr.json").read_text())
-    doc["targets"]["tensorrt"] = {"file": "model.engine", "precision": "fp32", "runtime": "tensorrt"}
+    import hashlib
+
+    sha = hashlib.sha256((folder / "model.engine").read_bytes()).hexdigest()
+    doc["targets"]["tensorrt"] = {"file": "model.engine", "sha256": sha, "precision": "fp32", "runtime": "tensorrt"}
     (folder / "nsr.json").write_text(json.dumps(doc))
     for target, backend in ((folder / "model.engine", "auto"), (folder, "tensorrt")):
         with pytest.raises(BackendUnavailable) as e:

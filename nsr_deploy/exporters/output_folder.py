@@ -222,10 +222,10 @@ def check_replaceable(out: str | Path, force: bool, keep: tuple = ()) -> None:
         raise NSRError(f"{out} exists and is not a folder")
     if not force:
         raise NSRError(f"{out} exists; pass --force to replace it")
-    refuse_foreign(out)
-    for path in keep:
+    for path in keep:  # named first: the input inside OUT says more than "a file no export wrote"
         if path and absolute(path).resolve().is_relative_to(out.resolve()):
             raise NSRError(f"{path} is inside {out}, which --force would replace; choose another -o")
+    refuse_foreign(out)
 
 
 # -- marked temp folders --------------------------------------------------------------------------
