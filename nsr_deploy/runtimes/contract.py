@@ -102,8 +102,10 @@ def _schema_error_line(error) -> str:
         return f"{field} must be {'one of ' if rule == 'enum' else ''}{allowed:.120}, got {shown}"
     if rule == "pattern" and value == SHA256_PATTERN:
         return f"{field} is not a sha256 hex digest (64 lowercase hex digits), got {shown}"
-    if rule == "pattern":  # the one other pattern: a file name relative to the folder
+    if rule == "pattern" and "(?!/)" in value:  # the relative_file pattern: a name inside the folder
         return f"{field} names the file {shown}, outside its folder; refused"
+    if rule == "pattern":
+        return f"{field}: {shown} does not match the pattern {value}"
     if rule in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems",
                 "minProperties", "minLength"):
         return f"{field}: {shown} breaks the schema's {rule} {json.dumps(value)[:60]}"
