@@ -18,6 +18,10 @@ KERNEL = 3  # every body conv is 3x3
 SKIP_KERNEL = 5  # the skip conv is 5x5
 
 
+# the reference tiling's stride is patch - 2 * 4 (reflect pad) - 8 (runtimes/geometry.py): at least 1
+MIN_SPARSE_PATCH = 17
+
+
 @dataclass(frozen=True)
 class NSRConfig:
     """One network. ``groups`` is the paper's k, ``cardinals`` its d (Eq. 10)."""
@@ -44,6 +48,9 @@ class NSRConfig:
             problems.append("blocks must be >= 0 and units, block width >= 1")
         if self.patch_size < 1:
             problems.append(f"patch size must be >= 1, got {self.patch_size}")
+        if self.sparse and self.patch_size < MIN_SPARSE_PATCH:
+            problems.append(f"patch size must be >= {MIN_SPARSE_PATCH} for a sparse model (its reference tiling "
+                            f"steps by patch - 16), got {self.patch_size}")
         if self.sparse:
             if self.groups < 1 or self.cardinals < 1:
                 problems.append("k (groups) and d (cardinals) must be >= 1")

@@ -292,3 +292,12 @@ def test_checkpoint_archive_check_reads_only_the_directory(work):
         z.writestr(zipfile.ZipInfo("archive/data.pkl"), b"x")
     with pytest.raises(NSRError):
         check_archive(buf.getvalue()[:-10], work / "tiny.pt")
+
+
+def test_a_patch_too_small_for_the_reference_tiling_is_one_error_line(tmp_path):
+    """Patches of 8-16 passed --patch-size's range but left the tiling no stride: a traceback at export."""
+    from hostile import assert_one_error, run_limited
+
+    code, stderr, _ = run_limited(["export", "--patch-size", "16", "-o", str(tmp_path / "out")], tmp_path, timeout=120)
+    assert_one_error(code, stderr, contains="patch size must be >= 17")
+    assert not (tmp_path / "out").exists()

@@ -74,6 +74,22 @@ def _by_name(entry: dict, files) -> dict[str, bytes]:
     return out
 
 
+# engine files that carry no manifest of their own: checked against the ONNX model they were lowered from
+NO_EMBEDDED_MANIFEST = (".param", ".pte", ".engine")
+
+
+def _embedded_sources(folder: Path, manifest: dict, target: str, files) -> dict[str, bytes]:
+    """The verified bytes ``check_embedded`` reads the hashed contract from: the engine's own files, plus
+    the folder's ``model.onnx`` (verified too) for an engine that carries no manifest (ncnn, ExecuTorch,
+    TensorRT), so that an edited ``nsr.json`` cannot change what those engines are fed."""
+    entry = manifest["targets"][target]
+    sources = _by_name(entry, files)
+    onnx_entry = manifest["targets"].get("onnx")
+    if Path(entry["file"]).suffix in NO_EMBEDDED_MANIFEST and onnx_entry and target != "onnx":
+        sources[onnx_entry["file"]] = verified_files(folder, onnx_entry, str(folder / "nsr.json")).engine
+    return sources
+
+
 def _onnx_metadata(data: bytes, path: Path) -> dict:
     """An ONNX model's metadata props, read from its bytes by ``onnx`` or, without it, by ONNX Runtime."""
     try:
@@ -129,7 +145,7 @@ def load(path, backend: str = "auto", threads: int | None = None, tiling: str = 
         if target not in targets:
             raise NSRError(f"{p}: holds no {target} engine (it has: {', '.join(targets)})")
         files = verified_files(p, targets[target], str(p / MANIFEST))  # read once, hashed: what runs
-        check_embedded(manifest, target, _by_name(targets[target], files), str(p / MANIFEST))
+        check_embedded(manifest, target, _embedded_sources(p, manifest, target, files), str(p / MANIFEST))
         kwargs = {"files": files}
         if backend == "openvino" and targets[target].get("static_batch") is None and tile_batch:
             kwargs["tile_batch"] = tile_batch  # dynamic engines are reshaped to the tile batch at load
