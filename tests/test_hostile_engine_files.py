@@ -209,3 +209,19 @@ def test_onnx_external_data_is_never_read(folders, tmp_path):
     assert (bare / "weights.data").stat().st_size > 0
     with pytest.raises(NSRError):
         _restore(bare / "model.onnx")
+
+
+@pytest.mark.skipif(backend_unavailable("ncnn") is not None, reason="ncnn is not installed")
+def test_an_engine_without_its_own_manifest_is_held_to_the_folders_model_onnx(tmp_path):
+    """ncnn's .param carries no manifest: an edited tiling in nsr.json is caught by the verified model.onnx
+    the ncnn model was lowered from."""
+    loaded = LoadedModel(decisive_net(TINY, 0), "n", "built", "0" * 64, "n")
+    export(loaded, tmp_path / "n", "ncnn", ExportOptions(conv_form="matmul", patch_batch=4, show_progress=False))
+    image = np.random.default_rng(0).integers(0, 256, (8 * TINY.patch_size, 100, 3), dtype=np.uint8)
+    with load(tmp_path / "n", backend="ncnn") as engine:
+        engine.restore(image)
+    _edit_manifest(tmp_path / "n", lambda d: d["semantics"]["tiling"]["reference"].update(
+        stride=d["semantics"]["tiling"]["reference"]["stride"] - 2))
+    with pytest.raises(NSRError, match="embedded in the verified model.onnx"), \
+            load(tmp_path / "n", backend="ncnn") as engine:
+        engine.restore(image)
