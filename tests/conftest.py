@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nsr_deploy.config import NSRConfig
+from nsr_deploy.core.config import NSRConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NSR_DATA", ROOT.parent / "shared" / "data"))

@@ -21,12 +21,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nsr_deploy.bench.quality import baseline, to_uint8  # noqa: E402
+from nsr_deploy.bench.suites.quality import baseline, to_uint8  # noqa: E402
 from nsr_deploy.checks.frame import border_gap  # noqa: E402
 from nsr_deploy.checks.task import degrade, read_images, task_of  # noqa: E402
 from nsr_deploy.models import load_model  # noqa: E402
 from nsr_deploy.runtimes.engine import Engine  # noqa: E402
-from nsr_deploy.runtimes.torch_runner import TorchRunner  # noqa: E402
+from nsr_deploy.runtimes.torch.runner import TorchRunner  # noqa: E402
 
 SETS = {"sr": ("CSet5", "CSet14"), "noise": ("BSD68",), "jpeg": ("BSD68", "CSet14")}
 

@@ -34,11 +34,11 @@ import torch
 
 from nsr_deploy.assets import bundled_path
 from nsr_deploy.checks.compare import psnr_float, random_patches
-from nsr_deploy.config import NSRConfig
-from nsr_deploy.errors import NSRError
+from nsr_deploy.core.config import NSRConfig
+from nsr_deploy.core.errors import NSRError
 from nsr_deploy.models.checkpoint import LoadedModel, load_model
 from nsr_deploy.models.network import NSRNet
-from nsr_deploy.runtimes.trt_runner import unavailable
+from nsr_deploy.runtimes.tensorrt.runner import unavailable
 
 OUT, REPORT, BATCH, FAILED = Path(sys.argv[1]), {}, 16, []
 
@@ -72,7 +72,7 @@ def tiny():
 
 def tensorrt_checks(name, loaded, x, valid):
     from nsr_deploy.exporters.pipeline import ExportOptions, export
-    from nsr_deploy.runtimes.trt_runner import TrtRunner
+    from nsr_deploy.runtimes.tensorrt.runner import TrtRunner
 
     p = loaded.config.patch_size
     for form in ("matmul", "grouped"):
@@ -108,9 +108,9 @@ def fallback_checks(name, loaded, x, valid):
     import onnxruntime as ort
 
     from nsr_deploy.checks.compare import patch_parity
-    from nsr_deploy.exporters import onnx_graph as onnx_exporter
-    from nsr_deploy.exporters.tensorrt_support import preferred_conv_form, support_summary
-    from nsr_deploy.runtimes.ort_runner import OrtRunner
+    from nsr_deploy.exporters.onnx import graph as onnx_exporter
+    from nsr_deploy.exporters.tensorrt.support import preferred_conv_form, support_summary
+    from nsr_deploy.runtimes.onnxruntime.runner import OrtRunner
 
     cfg, net = loaded.config, loaded.net.eval()
     xt = torch.from_numpy(x)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Which int8 formulations of the NSR sparse conv run as int8 kernels in OpenVINO's CPU plugin, and
 how fast, and what no per-patch graph can beat at each precision (issue 18). Timed in interleaved rounds
-(nsr_deploy.timing), 2 threads:
+(nsr_deploy.core.timing), 2 threads:
 
     python tools/int8_study.py layer     # one sparse conv (64->64, k=4, d=16, 16 patches 48x48)
     python tools/int8_study.py model     # EDSR+NSR x2 (16 blocks, 64 units, k=4, d=16), 16 patches 48x48
@@ -18,7 +18,7 @@ input is the signed residual stream (``conv1`` of a block) instead of a ReLU out
 
 ``model`` times the dense twin (fp32; int8 by NNCF as the export does), the sparse ``grouped`` export
 (fp32; the NNCF int8 of before: head/tail/skip only) and the int8 graph of
-``nsr_deploy.exporters.openvino_int8_graph`` (calibrated on the bundled samples) in its two layouts,
+``nsr_deploy.exporters.openvino.quantize.split_graph`` (calibrated on the bundled samples) in its two layouts,
 with its image-facing layers (head, tail, skip) int8 and float.
 """
 
@@ -56,7 +56,7 @@ def layer_study() -> None:
     import openvino as ov
     import openvino.opset13 as ops
 
-    from nsr_deploy.timing import measure_interleaved
+    from nsr_deploy.core.timing import measure_interleaved
 
     core = ov.Core()
     N, C, H, W, K, D = 16, 64, 48, 48, 4, 16
@@ -151,14 +151,14 @@ def model_study() -> None:
     from nsr_deploy.bench.engines import dense_twin_of
     from nsr_deploy.checks.samples import sample_images
     from nsr_deploy.checks.task import task_of
-    from nsr_deploy.exporters import openvino_int8 as q
-    from nsr_deploy.exporters.openvino_graph import classify
-    from nsr_deploy.exporters.openvino_int8_graph import build_graph, weights_of
-    from nsr_deploy.exporters.openvino_int8_sparse import calibrate
+    from nsr_deploy.core.timing import measure_interleaved
+    from nsr_deploy.exporters.openvino.op_roles import classify
+    from nsr_deploy.exporters.openvino.quantize import nncf_int8 as q
+    from nsr_deploy.exporters.openvino.quantize.sparse_int8 import calibrate
+    from nsr_deploy.exporters.openvino.quantize.split_graph import build_graph, weights_of
     from nsr_deploy.exporters.pipeline import ExportOptions, build_ungated
     from nsr_deploy.models.checkpoint import LoadedModel
     from nsr_deploy.models.network import NSRNet
-    from nsr_deploy.timing import measure_interleaved
 
     n, p = 16, 48
     torch.manual_seed(0)
@@ -213,7 +213,7 @@ def floor_study(precision: str = "int8") -> None:
     import openvino as ov
     import openvino.opset13 as ops
 
-    from nsr_deploy.timing import measure_interleaved
+    from nsr_deploy.core.timing import measure_interleaved
 
     if precision not in ("f32", "bf16", "int8"):
         raise SystemExit(f"floor: precision is f32, bf16 or int8, not {precision!r}")
@@ -314,7 +314,7 @@ def ort_study() -> None:
     from onnx import helper as h
     from onnx import numpy_helper as nh
 
-    from nsr_deploy.timing import measure_interleaved
+    from nsr_deploy.core.timing import measure_interleaved
 
     N, C, H, W = 16, 64, 48, 48
     rng = np.random.default_rng(0)

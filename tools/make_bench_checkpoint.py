@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from nsr_deploy.config import NSRConfig
+from nsr_deploy.core.config import NSRConfig
 from nsr_deploy.models.checkpoint import save_reference_checkpoint
 from nsr_deploy.models.network import NSRNet
 

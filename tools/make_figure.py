@@ -4,7 +4,7 @@
 
     python tools/make_figure.py       # docs/sr-x2.png, docs/denoise-s25.png, docs/jpeg-q10.png, docs/sr-x2-border.png
 
-The degraded input is made with nsr_deploy.degrade (the functions the bench uses); the restored
+The degraded input is made with nsr_deploy.core.degrade (the functions the bench uses); the restored
 image comes from the bundled model exported to ONNX and run through nsr_deploy.runtimes, i.e. the
 path a user's app takes. Crops are enlarged 2x (nearest) so the pixels are visible.
 """
@@ -21,8 +21,8 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nsr_deploy.bench.quality import baseline as classic_baseline  # noqa: E402
-from nsr_deploy.bench.quality import to_uint8  # noqa: E402
+from nsr_deploy.bench.suites.quality import baseline as classic_baseline  # noqa: E402
+from nsr_deploy.bench.suites.quality import to_uint8  # noqa: E402
 from nsr_deploy.checks.frame import frame_and_interior_psnr  # noqa: E402
 from nsr_deploy.checks.metrics import psnr  # noqa: E402
 from nsr_deploy.checks.task import degrade, task_of  # noqa: E402

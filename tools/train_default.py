@@ -6,7 +6,7 @@
 
 Random 48x48 input patches with flips and rotations, L1 loss, Adam (lr 1e-3) decayed by 0.2 at
 2/3 and 5/6 of the steps (the paper's 20 and 25 of 30 epochs, scaled to the budget). Degradations
-are made on the fly with nsr_deploy.degrade, the functions the bench measures with. Everything is
+are made on the fly with nsr_deploy.core.degrade, the functions the bench measures with. Everything is
 seeded; a run resumes from ``RUN_DIR/state.pt`` when interrupted. The last 4 photos (sorted by name)
 are held out for validation. The result is written as a native model (safetensors + JSON).
 
@@ -51,8 +51,8 @@ sys.path.insert(0, str(ROOT))
 
 from nsr_deploy.checks.frame import FRAME, border_gap  # noqa: E402
 from nsr_deploy.checks.metrics import psnr  # noqa: E402
-from nsr_deploy.config import NSRConfig  # noqa: E402
-from nsr_deploy.degrade import add_noise, bicubic_down, bicubic_up, jpeg, modcrop, to_grey  # noqa: E402
+from nsr_deploy.core.config import NSRConfig  # noqa: E402
+from nsr_deploy.core.degrade import add_noise, bicubic_down, bicubic_up, jpeg, modcrop, to_grey  # noqa: E402
 from nsr_deploy.models.checkpoint import load_model, save_native, unfold_weight_norm  # noqa: E402
 from nsr_deploy.models.network import NSRNet  # noqa: E402
 from nsr_deploy.models.reference import reference_forward  # noqa: E402

@@ -21,20 +21,20 @@ from nsr_deploy.bench.backends import resolve_backends
 from nsr_deploy.bench.context import BenchContext, Job
 from nsr_deploy.bench.engines import EngineFactory
 from nsr_deploy.bench.machine import load_average, machine_facts, sgemm_rate
-from nsr_deploy.bench.report import FORMAT, BenchReport
+from nsr_deploy.bench.report.document import FORMAT, BenchReport
+from nsr_deploy.bench.report.summary import headline, headline_table
 from nsr_deploy.bench.settings import BenchSettings
-from nsr_deploy.bench.summary import headline, headline_table
-from nsr_deploy.timing import torch_threads
+from nsr_deploy.core.timing import torch_threads
 
 MODEL_SUITES = ("parity", "model", "quality", "ray")
 
 
 def suite_classes() -> dict:
-    from nsr_deploy.bench.layer import LayerSuite
-    from nsr_deploy.bench.model import ModelSuite
-    from nsr_deploy.bench.parity_suite import ParitySuite
-    from nsr_deploy.bench.quality import QualitySuite
-    from nsr_deploy.bench.ray_suite import RaySuite
+    from nsr_deploy.bench.suites.layer import LayerSuite
+    from nsr_deploy.bench.suites.model import ModelSuite
+    from nsr_deploy.bench.suites.parity import ParitySuite
+    from nsr_deploy.bench.suites.quality import QualitySuite
+    from nsr_deploy.bench.suites.ray import RaySuite
 
     return {"parity": ParitySuite, "layer": LayerSuite, "model": ModelSuite, "quality": QualitySuite,
             "ray": RaySuite}

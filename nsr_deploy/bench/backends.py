@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nsr_deploy.capabilities import EXPORTED_BACKENDS, GPU_BACKENDS, TARGET_OF_BACKEND, forms_of
+from nsr_deploy.core.capabilities import EXPORTED_BACKENDS, GPU_BACKENDS, TARGET_OF_BACKEND, forms_of
 
 FORM_NOT_HERE = {"nchwc": "ONNX Runtime's internal NCHWc ops: only ONNX Runtime runs them",
                  "nchwc-at-load": "ONNX Runtime's load-time specialisation: only its runner does it",
@@ -56,7 +56,7 @@ def unavailable_reason(backend: str, device: str) -> str | None:
 
 def _exporter_unavailable(target: str) -> str | None:
     """The bench builds its own engines, so a backend also needs its exporter (and the ONNX one)."""
-    from nsr_deploy.errors import BackendUnavailable
+    from nsr_deploy.core.errors import BackendUnavailable
     from nsr_deploy.exporters.pipeline import target_module
 
     for name in dict.fromkeys(("onnx", target)):

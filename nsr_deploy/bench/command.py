@@ -14,7 +14,7 @@ import sys
 import click
 
 from nsr_deploy.bench.settings import BACKENDS, CONV_FORMS, DEFAULT_CONV_FORMS, DEFAULT_SUITES, SUITES
-from nsr_deploy.errors import NSRError, user_errors
+from nsr_deploy.core.errors import NSRError, user_errors
 
 
 class OneLineError(click.ClickException):
@@ -152,7 +152,7 @@ def bench(ctx, device, model, backends, suites, threads, quick, paper, json_path
           layer_shape, runs, data_dir, layer_runs, patch_runs):
     """Parity and latency of exported engines, the paper's CPU protocol side by side."""
     from nsr_deploy.bench.api import run_bench
-    from nsr_deploy.bench.report import writable_target
+    from nsr_deploy.bench.report.document import writable_target
 
     settings = build_settings(device, backends, suites, threads, quick, paper, conv_forms, image_size, layer_shape,
                               runs, data_dir, layer_runs, patch_runs)

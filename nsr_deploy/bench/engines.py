@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nsr_deploy.capabilities import (
+from nsr_deploy.core.capabilities import (
     AT_LOAD_FORM,
     BACKEND_OF_TARGET,
     ONNX_FORMS,
@@ -25,7 +25,7 @@ from nsr_deploy.capabilities import (
     TIMING_TWIN_FORM,
     forms_of,
 )
-from nsr_deploy.errors import NSRError
+from nsr_deploy.core.errors import NSRError
 
 TWIN_FORM = TIMING_TWIN_FORM
 AT_LOAD_SOURCE = "grouped"  # the shipped file that nchwc-at-load specialises
@@ -124,7 +124,7 @@ class EngineFactory:
         return self._onnx(form, twin).path
 
     def _nchwc(self) -> Path:
-        from nsr_deploy.exporters.onnx_graph import build_onnx
+        from nsr_deploy.exporters.onnx.graph import build_onnx
 
         path = self.scratch / "model-nchwc.onnx"
         path.write_bytes(build_onnx(self.loaded, "nchwc", self.patch_batch, self.opset).SerializeToString())
@@ -162,7 +162,7 @@ class EngineFactory:
         if spec.backend == REFERENCE_BACKEND:
             model = self.model_of(spec)
             if spec.form:  # torch.compile of the reference network, for this batch of patches
-                from nsr_deploy.bench.precisions import compiled_runner
+                from nsr_deploy.bench.torch_compile import compiled_runner
 
                 return compiled_runner(model, self.threads, model.config.patch_size, self.patch_batch)
             return cls(model.source, self.threads, net=model.net)
@@ -202,7 +202,7 @@ def form_unavailable(form: str, config) -> str | None:
     kernels and channel counts that fit their block), or None."""
     if form != "nchwc":
         return None
-    from nsr_deploy.exporters.nchwc import mlas_block_size, unsupported_reason
+    from nsr_deploy.exporters.onnx.nchwc import mlas_block_size, unsupported_reason
 
     return unsupported_reason(config, mlas_block_size())
 

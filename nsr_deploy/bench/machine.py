@@ -47,7 +47,7 @@ def _cpuinfo() -> dict:
 def _openvino_cpu_name() -> str | None:
     """OpenVINO's name for the CPU: the full brand string, where /proc/cpuinfo may be terse (VMs)."""
     try:
-        from nsr_deploy.runtimes.ov_import import ov
+        from nsr_deploy.runtimes.openvino.quiet_import import ov
 
         return str(ov.Core().get_property("CPU", "FULL_DEVICE_NAME"))
     except Exception:  # openvino missing or no CPU plugin: the fact is optional
@@ -92,7 +92,7 @@ def _numpy_threads(threads: int):
 
 
 def _rate(call, size: int, runs: int, warmup: int) -> dict:
-    from nsr_deploy.timing import measure
+    from nsr_deploy.core.timing import measure
 
     timing = measure(call, runs, warmup)
     flops = 2.0 * size ** 3
@@ -107,7 +107,7 @@ def sgemm_rate(threads: int, size: int = SGEMM_SIZE, runs: int = 5, warmup: int 
     import numpy as np
     import torch
 
-    from nsr_deploy.timing import torch_threads
+    from nsr_deploy.core.timing import torch_threads
 
     gen = torch.Generator().manual_seed(0)
     a, b = torch.rand(size, size, generator=gen), torch.rand(size, size, generator=gen)

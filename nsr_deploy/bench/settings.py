@@ -14,7 +14,7 @@ The layer protocol keeps the paper's shapes (64 in / 64 out channels, 64x64 patc
 preset; only the batch and the number of runs shrink. Section 4.2 of the paper: batch 100, mean of
 100 runs; that is ``--paper`` exactly. The default (batch 10, 10 runs, 2 warm-up calls) is about 1/100
 of its work and finishes in under 3 minutes on a 2-core machine; batch 10 is also the batch the
-performance issue quotes its layer figures at. See :mod:`nsr_deploy.bench.layer` for the protocol.
+project's layer goals are quoted at. See :mod:`nsr_deploy.bench.suites.layer` for the protocol.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nsr_deploy.bench.machine import usable_cores
-from nsr_deploy.budgets import CONFIG_BOUNDS, MAX_BATCH, check_memory, check_pixels, check_threads
-from nsr_deploy.capabilities import BACKEND_NAMES, BENCH_DEFAULT_FORMS, BENCH_FORMS
-from nsr_deploy.errors import NSRError
+from nsr_deploy.core.budgets import CONFIG_BOUNDS, MAX_BATCH, check_memory, check_pixels, check_threads
+from nsr_deploy.core.capabilities import BACKEND_NAMES, BENCH_DEFAULT_FORMS, BENCH_FORMS
+from nsr_deploy.core.errors import NSRError
 
 DEFAULT_SUITES = ("parity", "layer", "model", "quality")
 SUITES = (*DEFAULT_SUITES, "ray")  # ray: only when asked for (it starts a Ray cluster; nsr-deploy[serve])

@@ -72,7 +72,7 @@ def tile_parity(net, runner, image_chw: np.ndarray, tolerance: float = FP32_MAX_
     import torch
 
     from nsr_deploy.runtimes.engine import Engine
-    from nsr_deploy.runtimes.tiling import Padded
+    from nsr_deploy.runtimes.host.tiling import Padded
 
     plan = Engine(runner, net.config, tiling).plan(*image_chw.shape[1:])
     tiles = list(plan.tiles[:max_tiles])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nsr_deploy.errors import NSRError
+from nsr_deploy.core.errors import NSRError
 
 
 def sample_folder() -> Path:

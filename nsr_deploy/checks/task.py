@@ -5,7 +5,7 @@ clean image), not by how far it moves the output. A model's task comes from its 
 (``task`` = sr | noise | jpeg, with ``sigma`` / ``quality``). A checkpoint carries none, so we take
 what its shape suggests: bicubic super-resolution when scale > 1, Gaussian denoising at sigma 25 (the
 paper's middle noise level, and the bundled denoiser's) when scale is 1. Degradations are the
-functions in :mod:`nsr_deploy.degrade`, the ones the bundled models were trained with.
+functions in :mod:`nsr_deploy.core.degrade`, the ones the bundled models were trained with.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from nsr_deploy.checks.metrics import psnr
-from nsr_deploy.errors import NSRError
-from nsr_deploy.runtimes.images import IMAGE_SUFFIXES
+from nsr_deploy.core.errors import NSRError
+from nsr_deploy.runtimes.host.images import IMAGE_SUFFIXES
 
 ASSUMED_SIGMA = 25.0
 DEFAULT_JPEG_QUALITY = 10
@@ -78,12 +78,12 @@ def read_images(folder: str | Path, channels: int, limit: int | None = None) -> 
     """``(name, uint8 image)`` for the images in ``folder`` sorted by name: ``HxWx3`` for colour models,
     ``HxW`` for grey ones (ITU-R 601 luma). At most ``limit`` images.
 
-    Each is read as ``restore`` reads its inputs (:func:`~nsr_deploy.runtimes.images.read_image`: a regular
+    Each is read as ``restore`` reads its inputs (:func:`~nsr_deploy.runtimes.host.images.read_image`: a regular
     file, its header's size checked against the pixel budget before decoding), and since a folder is
     held in memory all at once, its images together get the same budget.
     """
-    from nsr_deploy.budgets import PIXELS_ENV, max_pixels
-    from nsr_deploy.runtimes.images import read_image
+    from nsr_deploy.core.budgets import PIXELS_ENV, max_pixels
+    from nsr_deploy.runtimes.host.images import read_image
 
     budget, total, out = max_pixels(), 0, []
     for path in image_paths(folder)[:limit]:
@@ -105,7 +105,7 @@ def to_chw(img: np.ndarray) -> np.ndarray:
 
 def degrade(clean: np.ndarray, task: Task, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(model input float32 ``CxHxW``, ground truth uint8 image) for one clean uint8 image."""
-    from nsr_deploy.degrade import add_noise, bicubic_down, jpeg, modcrop
+    from nsr_deploy.core.degrade import add_noise, bicubic_down, jpeg, modcrop
 
     if task.kind == "sr":
         gt = modcrop(clean, task.scale)

@@ -29,7 +29,7 @@ def sample_crop(channels: int, height: int, width: int) -> np.ndarray:
     """A ``height x width`` crop of the bundled sample (tiled mirror-wise if the sample is smaller)."""
     from importlib import resources
 
-    from nsr_deploy.runtimes.images import read_image
+    from nsr_deploy.runtimes.host.images import read_image
 
     with resources.as_file(resources.files("nsr_deploy.assets") / "samples" / SOURCE_SAMPLE) as path:
         pixels = read_image(path, channels).pixels
@@ -48,8 +48,8 @@ def window_list(plan, static_batch: int | None) -> dict:
 def write_vectors(folder: Path, onnx_file: str, cfg, threads: int | None = None) -> dict:
     """Write ``folder/conformance/`` with the ONNX model ``folder/onnx_file``; returns the manifest section."""
     from nsr_deploy.runtimes.engine import Engine
-    from nsr_deploy.runtimes.images import write_image
-    from nsr_deploy.runtimes.ort_runner import OrtRunner
+    from nsr_deploy.runtimes.host.images import write_image
+    from nsr_deploy.runtimes.onnxruntime.runner import OrtRunner
 
     out = folder / FOLDER
     out.mkdir()

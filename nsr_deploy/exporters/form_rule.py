@@ -20,12 +20,12 @@ bias, ReLU and residual unfused (per-op profile in README). A dense model has no
 lowered from ``model.onnx``.
 
 Timing the candidates is still there, as the explicit opt-in ``--conv-form tune`` (machine-specific).
-The rule's data lives in :mod:`nsr_deploy.capabilities`.
+The rule's data lives in :mod:`nsr_deploy.core.capabilities`.
 """
 
 from __future__ import annotations
 
-from nsr_deploy.capabilities import (
+from nsr_deploy.core.capabilities import (
     AUTO_DENSE_FORM,
     AUTO_FORM,
     AUTO_SPARSE_FORM,

@@ -31,10 +31,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from nsr_deploy.errors import NSRError
-from nsr_deploy.runtimes.images import RANDOM_CHARS, current_umask, name_max, process_alive, write_reason
+from nsr_deploy.core.errors import NSRError
+from nsr_deploy.core.safe_read import read_json
+from nsr_deploy.runtimes.host.images import RANDOM_CHARS, current_umask, name_max, process_alive, write_reason
 from nsr_deploy.runtimes.manifest import MANIFEST, MANIFEST_FORMAT
-from nsr_deploy.safe_read import read_json
 
 MARKER = ".nsr-deploy-partial"
 KINDS = ("tmp", "old", "scratch")

@@ -12,15 +12,15 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nsr_deploy.capabilities import ALL_TARGETS, PACKAGING_TARGETS, PORTABLE_FORM
 from nsr_deploy.checks.results import GateResult
-from nsr_deploy.errors import BackendUnavailable, NSRError
+from nsr_deploy.core.capabilities import ALL_TARGETS, PACKAGING_TARGETS, PORTABLE_FORM
+from nsr_deploy.core.errors import BackendUnavailable, NSRError
 from nsr_deploy.exporters.common import Stages, atomic_output
 from nsr_deploy.exporters.output_folder import scratch_folder
 from nsr_deploy.exporters.target import Artifact
 from nsr_deploy.runtimes.manifest import MANIFEST, write_json
 
-TARGET_MODULES = {name: f"nsr_deploy.exporters.{name}" for name in ALL_TARGETS}
+TARGET_MODULES = {name: f"nsr_deploy.exporters.{name}.target" for name in ALL_TARGETS}
 
 
 @dataclass
@@ -88,7 +88,7 @@ class ExportContext:
         if info.get("conv_form") == form:
             return self._file(info)
         if form not in self._portable:
-            from nsr_deploy.exporters.onnx_graph import build_portable
+            from nsr_deploy.exporters.onnx.graph import build_portable
 
             self._portable[form] = build_portable(self.loaded, self.scratch, self.options.patch_batch,
                                                   self.options.opset, form)
@@ -165,7 +165,7 @@ def export(loaded, out: str | Path, target: str = "onnx", options: ExportOptions
     targets, skipped = resolve_targets(target)
     modules = [target_module(t) for t in targets]
     if wants_fp16_onnx(target, targets, options):
-        modules.insert(targets.index("onnx") + 1, importlib.import_module("nsr_deploy.exporters.onnx_fp16"))
+        modules.insert(targets.index("onnx") + 1, importlib.import_module("nsr_deploy.exporters.onnx.fp16"))
     for module in modules:  # refuse options a target cannot honour before any work is done
         getattr(module, "validate_options", lambda _: None)(options)
     stage_names = [s for m in modules for s in getattr(m, "STAGES", [m.NAME])]
@@ -197,7 +197,7 @@ def export(loaded, out: str | Path, target: str = "onnx", options: ExportOptions
 def export_onnx(loaded, out: str | Path, conv_form: str = "grouped", patch_batch: int | None = 16, opset: int = 17,
                 force: bool = False, threads: int | None = None, show_progress: bool = True) -> dict:
     """Export, gate and write ``OUT/model.onnx`` + ``OUT/nsr.json``; returns the manifest."""
-    from nsr_deploy.exporters.onnx import check_options
+    from nsr_deploy.exporters.onnx.target import check_options
 
     check_options(conv_form, patch_batch, opset)
     opts = ExportOptions(conv_form=conv_form, patch_batch=patch_batch, opset=opset, force=force, threads=threads,

@@ -8,7 +8,7 @@ inferred from tensor shapes. Weight normalisation (``weight_g``/``weight_v``, or
 
 Native models: ``NAME.safetensors`` (folded weights, config also in its metadata) + ``NAME.json``.
 
-Every file is read once (a regular file, capped: :func:`nsr_deploy.budgets.max_checkpoint_bytes`), its
+Every file is read once (a regular file, capped: :func:`nsr_deploy.core.budgets.max_checkpoint_bytes`), its
 bytes hashed and loaded from memory, so what was hashed is what was loaded. What those bytes declare is
 checked before anything is built from it: a checkpoint's zip records (count, inflated sizes, compression
 ratio, placement), a safetensors header (dtypes, shapes, offsets); then the tensors themselves
@@ -30,14 +30,14 @@ from pathlib import Path
 
 import torch
 
-from nsr_deploy.budgets import check_tensor_elements, max_checkpoint_bytes
-from nsr_deploy.config import KERNEL, SKIP_KERNEL, NSRConfig
-from nsr_deploy.errors import NSRError
+from nsr_deploy.core.budgets import check_tensor_elements, max_checkpoint_bytes
+from nsr_deploy.core.config import KERNEL, SKIP_KERNEL, NSRConfig
+from nsr_deploy.core.errors import NSRError
+from nsr_deploy.core.safe_read import open_regular, parse_json, read_json, sha256_bytes
 from nsr_deploy.models.conv import fold_weight_norm
 from nsr_deploy.models.native_doc import NATIVE_FORMAT, native_config
 from nsr_deploy.models.network import NSRNet
 from nsr_deploy.models.tensor_checks import check_finite, checked_tensors
-from nsr_deploy.safe_read import open_regular, parse_json, read_json, sha256_bytes
 
 # A torch.save archive stores its records uncompressed and holds a few records per tensor; a deflated
 # record that inflates more than MAX_DEFLATE_RATIO times (beyond a small floor) is a zip bomb: float

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nsr_deploy.capabilities import DEPLOY_FORMS as CONV_FORMS
-from nsr_deploy.capabilities import EXECUTORCH_FORM, STATIC_BATCH_FORMS
+from nsr_deploy.core.capabilities import DEPLOY_FORMS as CONV_FORMS
+from nsr_deploy.core.capabilities import EXECUTORCH_FORM, STATIC_BATCH_FORMS
 from nsr_deploy.models.conv import Conv2d
 from nsr_deploy.models.network import NSRNet
 from nsr_deploy.models.sparse_conv import SparseConv2d

@@ -4,8 +4,8 @@ or an allocation."""
 
 from __future__ import annotations
 
-from nsr_deploy.config import NSRConfig
-from nsr_deploy.errors import NSRError
+from nsr_deploy.core.config import NSRConfig
+from nsr_deploy.core.errors import NSRError
 
 NATIVE_FORMAT = "nsr-deploy/1"
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nsr_deploy.config import KERNEL, SKIP_KERNEL, NSRConfig
+from nsr_deploy.core.config import KERNEL, SKIP_KERNEL, NSRConfig
 from nsr_deploy.models.conv import Conv2d
 from nsr_deploy.models.sparse_conv import SparseConv2d
 

@@ -2,7 +2,7 @@
 exported engine is compared to.
 
 Sparse models pool per patch: an image whose sides are both at least ``4 * patch_size`` is cut
-into the reference's overlapping, reflect-padded patches (:mod:`nsr_deploy.runtimes.geometry`);
+into the reference's overlapping, reflect-padded patches (:mod:`nsr_deploy.core.geometry`);
 the body runs per patch, patch centres are blended, and the skip branch runs on the whole image.
 Smaller images, and every dense model, run as one patch.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nsr_deploy.core.geometry import REFERENCE_PAD, reference_windows, uses_whole_image
 from nsr_deploy.models.network import NSRNet
-from nsr_deploy.runtimes.geometry import REFERENCE_PAD, reference_windows, uses_whole_image
 
 
 def extract_patches(x: torch.Tensor, windows, patch: int, pad: int = REFERENCE_PAD) -> torch.Tensor:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from nsr_deploy.budgets import check_tensor_elements
-from nsr_deploy.errors import NSRError
+from nsr_deploy.core.budgets import check_tensor_elements
+from nsr_deploy.core.errors import NSRError
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 

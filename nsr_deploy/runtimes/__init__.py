@@ -10,11 +10,11 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from nsr_deploy.budgets import check_threads
-from nsr_deploy.capabilities import AUTO_ORDER, BACKEND_OF_SUFFIX, BACKENDS, REFERENCE_BACKEND, TARGET_OF_BACKEND
-from nsr_deploy.errors import BackendUnavailable, NSRError
+from nsr_deploy.core.budgets import check_threads
+from nsr_deploy.core.capabilities import AUTO_ORDER, BACKEND_OF_SUFFIX, BACKENDS, REFERENCE_BACKEND, TARGET_OF_BACKEND
+from nsr_deploy.core.errors import BackendUnavailable, NSRError
+from nsr_deploy.core.safe_read import parse_json
 from nsr_deploy.runtimes.contract import read_engine_files, verified_files
-from nsr_deploy.safe_read import parse_json
 
 
 def runner_class(backend: str):
@@ -53,7 +53,7 @@ def _file_and_manifest(path: Path):
                 return files, manifest
     files = read_engine_files(path)
     if path.suffix == ".xml":  # a bare IR: its contract travels in the IR's rt_info
-        from nsr_deploy.runtimes.ov_runner import read_ir_manifest
+        from nsr_deploy.runtimes.openvino.runner import read_ir_manifest
 
         try:
             return files, read_ir_manifest(files)

@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from nsr_deploy.errors import NSRError
+from nsr_deploy.core.errors import NSRError
 
 
 class Runner:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nsr_deploy.config import NSRConfig
-from nsr_deploy.errors import NSRError
-from nsr_deploy.safe_read import MAX_ENGINE_BYTES, read_regular, sha256_bytes
+from nsr_deploy.core.config import NSRConfig
+from nsr_deploy.core.errors import NSRError
+from nsr_deploy.core.safe_read import MAX_ENGINE_BYTES, read_regular, sha256_bytes
 
 SHA256_PATTERN = "^[0-9a-f]{64}$"  # as nsr.schema.json writes it
 SHA256 = re.compile(SHA256_PATTERN.strip("^$"))

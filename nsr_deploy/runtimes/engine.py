@@ -7,7 +7,7 @@ runner on bounded batches of patches and blends the result.
 Before an image is restored, the memory it needs is estimated (:meth:`Engine.memory_needed`: the input,
 the output at ``scale^2`` its size and its blend weights, the padded copy, one batch of windows with
 the network's activations, the uint8 result) and checked against the memory budget
-(:func:`nsr_deploy.budgets.check_memory`): an x8 model asks 64x the input's pixels of output, so a
+(:func:`nsr_deploy.core.budgets.check_memory`): an x8 model asks 64x the input's pixels of output, so a
 pixel budget alone does not bound a run.
 """
 
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from nsr_deploy.budgets import check_batch, check_memory, check_pixels, check_threads
-from nsr_deploy.config import NSRConfig
-from nsr_deploy.errors import NSRError
+from nsr_deploy.core.budgets import check_batch, check_memory, check_pixels, check_threads
+from nsr_deploy.core.config import NSRConfig
+from nsr_deploy.core.errors import NSRError
 from nsr_deploy.runtimes.base import Runner
 from nsr_deploy.runtimes.contract import check_engine_output
-from nsr_deploy.runtimes.tiling import CELL_BORDERS, Assembler, Padded, batches, make_plan
+from nsr_deploy.runtimes.host.tiling import CELL_BORDERS, Assembler, Padded, batches, make_plan
 
 TILINGS = ("reference", "cells")
 DEFAULT_TILE_BATCH = 16

@@ -7,8 +7,8 @@ these parameters drive; :mod:`.tiling` and :mod:`.engine` are its implementation
 
 from __future__ import annotations
 
-from nsr_deploy.runtimes.geometry import REFERENCE_PAD, STRIP_WEIGHT, reference_stride
-from nsr_deploy.runtimes.tiling import CELL_HALO, CELL_MAX, GRID_SLACK, TILE_TARGET
+from nsr_deploy.core.geometry import REFERENCE_PAD, STRIP_WEIGHT, reference_stride
+from nsr_deploy.runtimes.host.tiling import CELL_HALO, CELL_MAX, GRID_SLACK, TILE_TARGET
 
 CONTRACT_VERSION = 1
 CONTRACT_DOC = "docs/contract.md"

@@ -8,10 +8,10 @@ import re
 from html import unescape
 from pathlib import Path
 
-from nsr_deploy.config import NSRConfig
-from nsr_deploy.errors import NSRError
+from nsr_deploy.core.config import NSRConfig
+from nsr_deploy.core.errors import NSRError
+from nsr_deploy.core.safe_read import parse_json, read_json
 from nsr_deploy.runtimes.contract import manifest_config_checked, validate_manifest
-from nsr_deploy.safe_read import parse_json, read_json
 
 MANIFEST = "nsr.json"
 MANIFEST_FORMAT = "nsr-deploy/manifest-1"

@@ -1,0 +1,1 @@
+"""The ``executorch`` target: ``model.pte`` lowered with the XNNPACK delegate."""

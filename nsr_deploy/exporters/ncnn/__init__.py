@@ -1,0 +1,1 @@
+"""The ``ncnn`` target: ``model.ncnn.param`` + ``model.ncnn.bin`` through pnnx."""

@@ -1,0 +1,112 @@
+"""ONNX target: deploy rewrite -> trace -> onnxsim -> full checker (:mod:`.onnx_graph`), then the
+parity gate in ONNX Runtime.
+
+Writes ``OUT/model.onnx`` and ``OUT/nsr.json`` atomically (a temp folder renamed into place only
+after every gate passed). The same inputs give byte-identical model files.
+
+``model.onnx`` is always portable: standard ONNX ops, the oldest IR version its opset allows (ONNX
+Runtime >= 1.17 in Python, C, Node and Web loads it). Conv forms: ``grouped``, ``matmul``, ``dense-mix``.
+``auto`` decides by a rule (:mod:`.form_rule`); ``tune`` builds every candidate, checks its parity,
+times it in ONNX Runtime on this machine and keeps the fastest (:mod:`.onnx_auto`; machine-specific,
+the timings go into the manifest). ONNX Runtime's blocked ``nchwc`` form is not shipped: its runner
+builds it at load for its own CPU (:mod:`nsr_deploy.runtimes.onnxruntime.specialise`).
+"""
+
+from __future__ import annotations
+
+from nsr_deploy.checks.results import GateResult
+from nsr_deploy.core.budgets import check_batch, check_threads
+from nsr_deploy.core.capabilities import (
+    AUTO_FORM,
+    FORM_CHOICES,
+    OPENVINO_ONLY_FORMS,
+    ORT_ONLY_FORMS,
+    PORTABLE_FORM,
+    STATIC_BATCH_FORMS,
+    TUNE_FORM,
+)
+from nsr_deploy.core.errors import NSRError
+from nsr_deploy.exporters.common import base_manifest, sha256_bytes, tool_versions
+from nsr_deploy.exporters.onnx.graph import DEFAULT_PATCH_BATCH, MODEL_FILE, build_onnx, dynamic_axes
+from nsr_deploy.exporters.target import Artifact
+
+OPSETS = range(13, 21)  # Softmax over one axis from 13; the legacy exporter stops at 20
+NAME = "onnx"
+STAGES = ["choose", "rewrite", "trace", "simplify", "check", "parity"]
+LOAD_TIME_NOTE = ("ONNX Runtime on CPUs with NCHWc kernels (x86) rewrites it into its blocked form for the CPU it "
+                  "runs on, checked against this file and cached; elsewhere it runs as is")
+
+
+def check_options(conv_form: str, patch_batch: int | None, opset: int, threads: int | None = None) -> None:
+    """The options every export takes, refused before anything is loaded: a batch beyond what a manifest
+    may hold, or more threads than this process has CPUs, would only exhaust memory or deadlock."""
+    if conv_form in ORT_ONLY_FORMS:
+        raise NSRError(f"conv form {conv_form!r} is no longer exported: model.onnx stays portable and the ONNX "
+                       "Runtime runner rewrites it into the NCHWc form of the CPU it runs on, at load")
+    if conv_form not in FORM_CHOICES:
+        raise NSRError(f"unknown conv form {conv_form!r} (choose from {', '.join(FORM_CHOICES)})")
+    if opset not in OPSETS:
+        raise NSRError(f"unsupported opset {opset} (supported: {OPSETS.start}-{OPSETS.stop - 1})")
+    check_batch(patch_batch, "--patch-batch")
+    check_threads(threads, "--threads")
+
+
+def validate_options(options) -> None:
+    """Pipeline hook, before any work: the Python API's options meet the same bounds as the CLI's."""
+    check_options(options.conv_form, options.patch_batch, options.opset, options.threads)
+
+
+def unavailable() -> str | None:
+    for module in ("torch", "onnx", "onnxsim", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{module} is not installed (pip install 'nsr-deploy[export]')"
+    return None
+
+
+def build(ctx) -> Artifact:
+    """Pipeline step: ``model.onnx`` into ``ctx.folder``; the I/O contract the manifest starts with."""
+    opts, loaded = ctx.options, ctx.loaded
+    check_options(opts.conv_form, opts.patch_batch, opts.opset)
+    form, choice = opts.conv_form, None
+    batch_for_static = opts.patch_batch or DEFAULT_PATCH_BATCH
+    with ctx.stages.stage("choose"):
+        if form == AUTO_FORM:
+            from nsr_deploy.exporters.form_rule import auto_form
+
+            form, why = auto_form(loaded.config, ctx.targets)
+            choice = {"auto": {"rule": why}}
+        elif form == TUNE_FORM:
+            from nsr_deploy.exporters.onnx.tune import choose_form
+
+            form, tuned = choose_form(loaded, batch_for_static, opts.opset, opts.threads, ctx.scratch)
+            choice = {"tune": tuned}
+        elif form in OPENVINO_ONLY_FORMS:  # OpenVINO builds its own graph; model.onnx stays portable
+            choice = {"portable_instead_of": {form: f"an OpenVINO-only form: model.onnx is {PORTABLE_FORM}"}}
+            form = PORTABLE_FORM
+    batch = batch_for_static if form in STATIC_BATCH_FORMS else None
+    model = build_onnx(loaded, form, batch, opts.opset, ctx.stages)
+    data = model.SerializeToString()
+    (ctx.folder / MODEL_FILE).write_bytes(data)
+    contract = {**base_manifest(loaded, form, batch, dynamic_axes(form)), "opset": opts.opset}
+    entry = {"file": MODEL_FILE, "sha256": sha256_bytes(data), "precision": "fp32", "runtime": "onnxruntime",
+             "conv_form": form, "static_batch": batch, "portable": True, "ir_version": model.ir_version,
+             "load_time": LOAD_TIME_NOTE}
+    if choice:
+        entry.update(choice)
+    return Artifact(NAME, ctx.folder / MODEL_FILE, "ONNX Runtime fp32", "onnxruntime/fp32", entry,
+                    tool_versions("torch", "onnx", "onnxsim", "onnxruntime"), contract)
+
+
+def gate(artifact: Artifact, ctx) -> GateResult:
+    """Pipeline step: ONNX Runtime on ``model.onnx`` against the PyTorch reference, fp32 tolerance."""
+    from nsr_deploy.checks import verdicts
+    from nsr_deploy.checks.gates import float_gate
+    from nsr_deploy.runtimes.onnxruntime.runner import OrtRunner
+
+    # the shipped file as it is: the runner's load-time specialisation checks itself against it
+    with ctx.stages.stage("parity"), OrtRunner(str(artifact.path), ctx.options.threads, specialise=False) as runner:
+        return float_gate(ctx.loaded.net, runner, verdicts.FP32_MAX_ABS)
+
+

@@ -1,0 +1,1 @@
+"""The ``tensorrt`` target: a serialized TensorRT engine (``model.engine``)."""

@@ -1,0 +1,1 @@
+"""The ``triton`` target: the server engines laid out as a Triton model repository."""

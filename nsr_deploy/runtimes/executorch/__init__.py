@@ -1,0 +1,1 @@
+"""The ExecuTorch backend: the runner for ``model.pte`` (XNNPACK delegate)."""

@@ -1,0 +1,1 @@
+"""The ncnn backend: the runner for ``model.ncnn.param`` + ``model.ncnn.bin``."""

@@ -1,0 +1,1 @@
+"""The ONNX Runtime backend: the runner and its load-time NCHWc specialisation."""

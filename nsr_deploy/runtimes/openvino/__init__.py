@@ -1,0 +1,1 @@
+"""The OpenVINO backend: the runner, OpenVINO imported with telemetry off, bf16 detection."""

@@ -1,0 +1,1 @@
+"""The PyTorch reference backend: the runner every engine is compared against."""
