@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from nsr_deploy.core.budgets import check_config_values, check_tensor_elements
 from nsr_deploy.core.errors import NSRError
@@ -18,8 +19,19 @@ KERNEL = 3  # every body conv is 3x3
 SKIP_KERNEL = 5  # the skip conv is 5x5
 
 
-# the reference tiling's stride is patch - 2 * 4 (reflect pad) - 8 (runtimes/geometry.py): at least 1
+# the reference tiling's stride is patch - 2 * 4 (reflect pad) - 8 (core/geometry.py): at least 1
 MIN_SPARSE_PATCH = 17
+
+
+class ConvShape(NamedTuple):
+    """One conv of the network, in forward order. ``cout`` is per patch: a sparse conv stores ``k`` times as many
+    output channels (one kernel per group) and mixes them into ``cout`` (Fan et al., NeurIPS 2020, Eq. 10)."""
+
+    name: str  # the reference trainer's module path, e.g. ``body.1.body.0``
+    cin: int
+    cout: int
+    kernel: int
+    sparse: bool
 
 
 @dataclass(frozen=True)
@@ -119,28 +131,27 @@ class NSRConfig:
     def kind(self) -> str:
         return "wdsr_nsr" if self.sparse else "wdsr"
 
-    def conv_shapes(self) -> list[tuple[str, int, int, int, bool]]:
-        """(name, in, out-per-patch, kernel, is_sparse) for every conv, in forward order."""
-        shapes = [("body.0", self.channels, self.units, KERNEL, False)]
+    def conv_shapes(self) -> list[ConvShape]:
+        """Every conv, in forward order."""
+        shapes = [ConvShape("body.0", self.channels, self.units, KERNEL, False)]
         for i in range(1, self.num_blocks + 1):
-            shapes.append((f"body.{i}.body.0", self.units, self.block_width, KERNEL, self.sparse))
-            shapes.append((f"body.{i}.body.2", self.block_width, self.units, KERNEL, self.sparse))
-        shapes.append((f"body.{self.num_blocks + 1}", self.units, self.out_channels, KERNEL, False))
+            shapes.append(ConvShape(f"body.{i}.body.0", self.units, self.block_width, KERNEL, self.sparse))
+            shapes.append(ConvShape(f"body.{i}.body.2", self.block_width, self.units, KERNEL, self.sparse))
+        shapes.append(ConvShape(f"body.{self.num_blocks + 1}", self.units, self.out_channels, KERNEL, False))
         if self.has_skip:
-            shapes.append(("skip.0", self.channels, self.out_channels, SKIP_KERNEL, False))
+            shapes.append(ConvShape("skip.0", self.channels, self.out_channels, SKIP_KERNEL, False))
         return shapes
 
     def parameter_count(self, weight_norm: bool = False) -> int:
         """Stored parameters. ``weight_norm=True`` counts as the reference trainer does (g and v)."""
         total = 0
-        for _, cin, cout, ks, sparse in self.conv_shapes():
-            k = self.groups if sparse else 1
-            out = k * cout
-            total += out * cin * ks * ks + out  # weight + bias
+        for conv in self.conv_shapes():
+            out = (self.groups if conv.sparse else 1) * conv.cout
+            total += out * conv.cin * conv.kernel ** 2 + out  # weight + bias
             if weight_norm:
                 total += out  # weight_g
-            if sparse:
-                total += (cin + 1) * self.groups * self.cardinals  # the MLP (Linear)
+            if conv.sparse:
+                total += (conv.cin + 1) * self.groups * self.cardinals  # the MLP (Linear)
         return total
 
     def flops_per_pixel(self, dense_equivalent: bool = False) -> float:

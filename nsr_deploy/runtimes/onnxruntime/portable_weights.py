@@ -104,13 +104,13 @@ def read_weights(model, config: NSRConfig, conv_form: str) -> NetWeights:
     consts = _initializers(model.graph)
     mlps, stacks, statics = _mlps(model.graph, consts), _stacks(model.graph, consts), _static_convs(model.graph, consts)
     shapes = config.conv_shapes()
-    sparse_shapes = [s for s in shapes if s[4]]
+    sparse_shapes = [s for s in shapes if s.sparse]
     if len(mlps) != len(sparse_shapes) or len(stacks) != len(sparse_shapes):
         raise PortableGraphError(f"found {len(mlps)} MLPs and {len(stacks)} mixing MatMuls for "
                                  f"{len(sparse_shapes)} sparse convs")
     k, d = config.groups, config.cardinals
-    sparse = [_sparse(st, mlp, cin, cout, ks, k, d, conv_form)
-              for st, mlp, (_, cin, cout, ks, _) in zip(stacks, mlps, sparse_shapes)]
+    sparse = [_sparse(st, mlp, s.cin, s.cout, s.kernel, k, d, conv_form)
+              for st, mlp, s in zip(stacks, mlps, sparse_shapes)]
     skip = [c for c in statics if c.w.shape[-1] == SKIP_KERNEL]
     body = [c for c in statics if c.w.shape[-1] != SKIP_KERNEL]
     want_skip = 1 if config.has_skip else 0
