@@ -179,26 +179,28 @@ def _fold(key: str, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return fold_weight_norm(g, v)
 
 
+# weight-norm spellings: (magnitude suffix, direction suffix); old-style torch.nn.utils.weight_norm and the
+# parametrization API
+WEIGHT_NORM_KEYS = ((".weight_g", ".weight_v"),
+                    (".parametrizations.weight.original0", ".parametrizations.weight.original1"))
+
+
 def fold_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Plain ``weight`` for every conv, whichever weight-norm spelling the file used."""
     out = {}
     for key, value in sd.items():
-        if key.endswith(".weight_v") or key.endswith(".parametrizations.weight.original1"):
+        if any(key.endswith(direction) for _, direction in WEIGHT_NORM_KEYS):
             continue
-        if key.endswith(".weight_g"):
-            prefix = key[: -len(".weight_g")]
-            v = sd.get(prefix + ".weight_v")
-            if v is None:
-                raise NSRError(f"unknown checkpoint layout: {key} without {prefix}.weight_v")
-            out[prefix + ".weight"] = _fold(key, value, v)
-        elif key.endswith(".parametrizations.weight.original0"):
-            prefix = key[: -len(".parametrizations.weight.original0")]
-            v = sd.get(prefix + ".parametrizations.weight.original1")
-            if v is None:
-                raise NSRError(f"unknown checkpoint layout: {key} without its original1")
-            out[prefix + ".weight"] = _fold(key, value, v)
-        else:
+        spelling = next(((g, v) for g, v in WEIGHT_NORM_KEYS if key.endswith(g)), None)
+        if spelling is None:
             out[key] = value
+            continue
+        magnitude, direction = spelling
+        prefix = key[: -len(magnitude)]
+        v = sd.get(prefix + direction)
+        if v is None:
+            raise NSRError(f"unknown checkpoint layout: {key} without {prefix}{direction}")
+        out[prefix + ".weight"] = _fold(key, value, v)
     return out
 
 
