@@ -80,15 +80,38 @@ def device_tiny():
     return LoadedModel(decisive_net(DEVICE_TINY, seed=5), "tiny", "built", "0" * 64, "tiny")
 
 
-def export_precisions(loaded, root: Path, target: str, options_of) -> dict:
-    """``loaded`` exported to ``target`` at fp32 and fp16 under ``root``: precision -> folder."""
+# how each target exports DEVICE_TINY for the tests: the form ``auto`` gives it (ncnn: its test's grouped
+# form at a patch batch of 4); one thread, so that exports are deterministic and light on a shared CI box
+DEVICE_EXPORT_OPTIONS = {"ncnn": {"conv_form": "grouped", "patch_batch": 4}}
+
+
+def device_options(target: str, precision: str = "fp32", **kw):
+    from nsr_deploy.exporters.pipeline import ExportOptions
+
+    settings = {"conv_form": "auto", "precision": precision, "threads": 1, "show_progress": False,
+                **DEVICE_EXPORT_OPTIONS.get(target, {}), **kw}
+    return ExportOptions(**settings)
+
+
+@pytest.fixture(scope="session")
+def device_exports(tmp_path_factory):
+    """``(target, precision) -> folder``: DEVICE_TINY exported with :func:`device_options`, each once per
+    session (the conformance test and the targets' own tests share them)."""
     from nsr_deploy.exporters.pipeline import export
 
-    out = {}
-    for precision in ("fp32", "fp16"):
-        out[precision] = root / f"tiny-{precision}"
-        export(loaded, out[precision], target, options_of(precision))
-    return out
+    root = tmp_path_factory.mktemp("device-exports")
+    built: dict[tuple[str, str], Path] = {}
+    loaded = device_tiny()
+
+    def get(target: str, precision: str = "fp32") -> Path:
+        if (target, precision) not in built:
+            folder = root / f"{target}-{precision}"
+            export(loaded, folder, target, device_options(target, precision))
+            built[target, precision] = folder
+        return built[target, precision]
+
+    get.loaded = loaded
+    return get
 
 
 def photo_rgb(path: Path) -> np.ndarray:

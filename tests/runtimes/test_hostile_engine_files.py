@@ -23,9 +23,9 @@ from nsr_deploy.runtimes import backend_unavailable, load
 from nsr_deploy.runtimes.onnxruntime import nchwc_probe
 from nsr_deploy.runtimes.onnxruntime.specialise import cache_dir, record_of
 
-TINY = NSRConfig(channels=3, scale=2, num_blocks=1, units=8, block_width=8, groups=2, cardinals=4)
-# widths a multiple of every NCHWc block: ONNX Runtime's load-time rewrite (and its cache) applies
-BLOCKABLE = NSRConfig(channels=3, scale=2, num_blocks=1, units=16, block_width=16, groups=2, cardinals=4)
+# widths a multiple of every NCHWc block (8 and 16): where this CPU has NCHWc kernels, every ONNX Runtime load
+# below goes through the load-time rewrite (and its cache), the path a real model takes
+TINY = NSRConfig(channels=3, scale=2, num_blocks=1, units=16, block_width=16, groups=2, cardinals=4)
 HAVE_OPENVINO = backend_unavailable("openvino") is None
 HAVE_NCHWC = nchwc_probe.mlas_block_size() > 1
 IMAGE = np.random.default_rng(3).integers(0, 256, (12, 10, 3), dtype=np.uint8)
@@ -150,12 +150,11 @@ def test_bare_engine_file_is_read_once_and_runs_as_itself(folders, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def blockable(tmp_path_factory):
+def blockable(folders, tmp_path_factory):
     """A model ONNX Runtime rewrites at load, another one, and the cache each leaves (made once)."""
     root = tmp_path_factory.mktemp("blockable")
     out = {}
-    for name, seed in (("mine", 0), ("theirs", 4)):
-        folder = _export(root, name, "onnx", BLOCKABLE, seed)
+    for name, folder in (("mine", folders["a"]), ("theirs", folders["b"])):
         os.environ["NSR_DEPLOY_CACHE"] = str(root / f"cache-{name}")
         try:
             with load(folder, backend="onnxruntime") as engine:  # fills the cache

@@ -37,15 +37,19 @@ IO_NAMES = ("x", "valid", "y")
 
 def tensorrt_unavailable() -> str | None:
     """None when TensorRT 10.x or 11.x imports here, else why not."""
+    not_installed = ("TensorRT is not installed (no module named 'tensorrt'): pip install 'tensorrt<12' (10.x or "
+                     "11.x) on a machine with an NVIDIA GPU and driver")
     try:
         import tensorrt as trt
     except ImportError as e:
         if e.name == "tensorrt":
-            return ("TensorRT is not installed (no module named 'tensorrt'): pip install 'tensorrt<12' (10.x or "
-                    "11.x) on a machine with an NVIDIA GPU and driver")
+            return not_installed
         return f"TensorRT cannot be loaded ({str(e).splitlines()[0][:160]})"
     except Exception as e:  # a broken install: missing libnvinfer, driver mismatch
         return f"TensorRT cannot be loaded ({str(e).splitlines()[0][:160]})"
+    if getattr(trt, "__file__", None) is None:
+        # A bare folder named tensorrt on sys.path imports as an empty namespace package.
+        return not_installed
     from nsr_deploy.runtimes.tensorrt.compat import version_refusal
 
     return version_refusal(getattr(trt, "__version__", "0"))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DEVICE_PHOTOS, DEVICE_TINY, agreement, decisive_net, device_tiny, export_precisions
+from conftest import DEVICE_PHOTOS, DEVICE_TINY, agreement, decisive_net, device_options
 from conftest import photo_rgb as photo
 from nsr_deploy.core.config import NSRConfig
 from nsr_deploy.core.errors import NSRError
@@ -32,17 +32,18 @@ TILINGS = ("reference", "cells")
 
 
 def options(precision: str = "fp32", conv_form: str = "auto", **kw) -> ExportOptions:
-    return ExportOptions(conv_form=conv_form, precision=precision, threads=1, show_progress=False, **kw)
+    return device_options("executorch", precision, conv_form=conv_form, **kw)
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return device_tiny()
+def tiny(device_exports):
+    return device_exports.loaded  # the model the shared exports were made from
 
 
 @pytest.fixture(scope="module")
-def built(tiny, tmp_path_factory):
-    return export_precisions(tiny, tmp_path_factory.mktemp("executorch"), "executorch", options)
+def built(device_exports):
+    """precision -> DEVICE_TINY's executorch export (shared with tests/test_conformance.py)."""
+    return {precision: device_exports("executorch", precision) for precision in ("fp32", "fp16")}
 
 
 def test_fp32_export_is_fully_delegated_gated_and_states_what_was_verified(built):
@@ -78,8 +79,9 @@ def test_fp16_runs_in_half_and_passes_the_fp16_judge(built):
         assert engine.runner.precision == "fp16"
 
 
-@pytest.mark.parametrize("tiling", TILINGS)
-def test_tiny_model_restores_photos_as_the_reference_does(tiny, built, tiling):
+def test_tiny_model_restores_photos_in_cells_as_the_torch_runner_does(tiny, built):
+    """The reference tiling against the reference itself: tests/test_conformance.py (every backend)."""
+    tiling = "cells"
     reference = Engine(TorchRunner("tiny", 1, net=tiny.net), TINY, tiling)
     with load(built["fp32"], backend="executorch", threads=1, tiling=tiling) as engine:
         assert engine.runner.backend == "executorch"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DEVICE_PHOTOS, DEVICE_TINY, agreement, device_tiny, export_precisions
+from conftest import DEVICE_PHOTOS, DEVICE_TINY, agreement, device_options
 from conftest import photo_rgb as photo
 from nsr_deploy.core.errors import NSRError
 from nsr_deploy.exporters.pipeline import ExportOptions, export
@@ -28,17 +28,18 @@ TILINGS = ("reference", "cells")
 
 
 def options(precision: str = "fp32") -> ExportOptions:
-    return ExportOptions(conv_form="grouped", patch_batch=4, precision=precision, threads=1, show_progress=False)
+    return device_options("ncnn", precision)  # grouped, patch batch 4, one thread
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return device_tiny()
+def tiny(device_exports):
+    return device_exports.loaded  # the model the shared exports were made from
 
 
 @pytest.fixture(scope="module")
-def built(tiny, tmp_path_factory):
-    return export_precisions(tiny, tmp_path_factory.mktemp("ncnn"), "ncnn", options)
+def built(device_exports):
+    """precision -> DEVICE_TINY's ncnn export (shared with tests/test_conformance.py)."""
+    return {precision: device_exports("ncnn", precision) for precision in ("fp32", "fp16")}
 
 
 def test_fp32_export_passes_its_gate_and_states_what_was_verified(built):
@@ -79,8 +80,9 @@ def test_fp16_stores_half_weights_and_passes_the_fp16_judge(built):
     assert worst32 < worst16 <= 5e-3  # half weights are visible, within fp16's tolerance
 
 
-@pytest.mark.parametrize("tiling", TILINGS)
-def test_tiny_model_restores_photos_as_the_reference_does(tiny, built, tiling):
+def test_tiny_model_restores_photos_in_cells_as_the_torch_runner_does(tiny, built):
+    """The reference tiling against the reference itself: tests/test_conformance.py (every backend)."""
+    tiling = "cells"
     reference = Engine(TorchRunner("tiny", 1, net=tiny.net), TINY, tiling)
     with load(built["fp32"], backend="ncnn", threads=1, tiling=tiling) as engine:
         assert engine.runner.backend == "ncnn"

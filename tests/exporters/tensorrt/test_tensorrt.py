@@ -35,6 +35,8 @@ from nsr_deploy.runtimes.tensorrt.runner import EngineProfile, select_profile, u
 
 TINY = NSRConfig(channels=3, scale=2, num_blocks=1, units=8, block_width=8, groups=2, cardinals=4)
 ONE_GROUP = NSRConfig(channels=1, scale=2, num_blocks=1, units=8, block_width=8, groups=1, cardinals=4)
+# widths that are multiples of either NCHWc block (8 or 16): the ORT-only nchwc graph can be built for both
+BLOCKABLE = NSRConfig(channels=3, scale=2, num_blocks=1, units=16, block_width=16, groups=2, cardinals=4)
 DENSE = NSRConfig.create(channels=1, scale=2, num_blocks=1, units=8, width_multiplier=1, sparse=False)
 PORTABLE = ("grouped", "matmul", "dense-mix")
 BATCH = 4
@@ -79,14 +81,17 @@ def test_grouped_form_is_supported_through_runtime_weight_convs(graphs):
     assert all(convs[f.node].input[1] not in inits for f in conditional)
 
 
-def test_ort_only_nchwc_form_is_refused_with_the_nodes_named():
-    from nsr_deploy.exporters.onnx.nchwc import mlas_block_size, unsupported_reason
+@pytest.mark.parametrize("block", [8, 16])  # AVX2's and AVX-512's NCHWc blocks: built here whatever this CPU has
+def test_ort_only_nchwc_form_is_refused_with_the_nodes_named(block):
+    from nsr_deploy.exporters.onnx.nchwc import build_nchwc_onnx
 
-    if unsupported_reason(TINY, mlas_block_size()):
-        pytest.skip("this machine's ONNX Runtime has no NCHWc kernels for the tiny model")
-    model = onnx_graph.build_onnx(_loaded(TINY), "nchwc", BATCH)
+    model = build_nchwc_onnx(_loaded(BLOCKABLE), BATCH, block)
     bad = support.unsupported_nodes(model)
     assert bad and all(f.op.startswith("com.microsoft") for f in bad)
+    # exactly the ORT-internal nodes are named, and the blocked convs are among them
+    internal = [n for n in model.graph.node if n.domain.startswith("com.microsoft")]
+    assert len(bad) == len(internal) and {f.op for f in bad} == {f"{n.domain}.{n.op_type}" for n in internal}
+    assert "com.microsoft.nchwc.Conv" in {f.op for f in bad}
     with pytest.raises(NSRError, match=r"node\(s\) TensorRT cannot parse: .*com\.microsoft") as e:
         trt_target.refuse_unsupported(model, "model.onnx")
     assert "\n" not in str(e.value)
@@ -293,6 +298,17 @@ def test_export_without_tensorrt_exits_2_and_writes_nothing(tmp_path):
         assert result.stderr == f"error: cannot build target 'tensorrt' here: {TRT_MISSING}\n"
         assert "TensorRT is not installed" in result.stderr or "CUDA" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.json", "tiny.safetensors"]  # no OUT, no temp folder
+
+
+@needs_no_trt
+def test_a_folder_named_tensorrt_is_not_an_install(tmp_path, monkeypatch):
+    """An empty ``tensorrt/`` folder on sys.path imports as a namespace package: still "not installed"."""
+    from nsr_deploy.runtimes.tensorrt.runner import tensorrt_unavailable
+
+    (tmp_path / "tensorrt").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    assert tensorrt_unavailable().startswith("TensorRT is not installed")
 
 
 @pytest.fixture(scope="module")
