@@ -202,6 +202,13 @@ def test_core_imports_nothing_above_it():
 def test_each_target_and_backend_has_its_own_package():
     for target in capabilities.ALL_TARGETS:
         assert (PACKAGE / "exporters" / target / "target.py").is_file(), target
+        # the protocol of exporters/target.py, said in that one file: its name, availability, build and gate
+        _, tree = SOURCES[f"nsr_deploy.exporters.{target}.target"]
+        defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        names = {t.id: n.value for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+                 if isinstance(t, ast.Name)}
+        assert {"unavailable", "build", "gate"} <= defined, target
+        assert isinstance(names.get("NAME"), ast.Constant) and names["NAME"].value == target, target
     for backend in capabilities.BACKEND_TABLE:
         assert backend.runner_module == f"nsr_deploy.runtimes.{backend.name}.runner", backend.name
         assert (PACKAGE / "runtimes" / backend.name / "runner.py").is_file(), backend.name

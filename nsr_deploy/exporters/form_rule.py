@@ -14,7 +14,7 @@ The rule (forms: :mod:`nsr_deploy.models.deploy`):
   (``Conv.group`` is an attribute); runners keep short calls from computing the padding.
 
 OpenVINO has a rule of its own (:func:`openvino_form`): a sparse model's IR is built ``folded`` from
-OpenVINO's opsets (:mod:`.openvino_folded`), not lowered from ``model.onnx``: the ``grouped`` graph's
+OpenVINO's opsets (:mod:`.openvino.folded`), not lowered from ``model.onnx``: the ``grouped`` graph's
 batch <-> channel Reshapes around every per-patch conv cost the CPU plugin layout Reorders and leave the
 bias, ReLU and residual unfused (per-op profile in README). A dense model has no per-patch conv: its IR is
 lowered from ``model.onnx``.

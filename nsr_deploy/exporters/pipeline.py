@@ -154,7 +154,7 @@ def build_ungated(loaded, folder: Path, target: str, options: ExportOptions,
 
 
 def wants_fp16_onnx(target: str, targets: list[str], options: ExportOptions) -> bool:
-    """fp16 exports ship ``model.fp16.onnx`` (gated, :mod:`.onnx_fp16`) when ONNX is asked for or TensorRT
+    """fp16 exports ship ``model.fp16.onnx`` (gated, :mod:`.onnx.fp16`) when ONNX is asked for or TensorRT
     builds its fp16 engine from it; an OpenVINO fp16 IR is compressed from the fp32 model and needs none."""
     return options.precision == "fp16" and (target in ("onnx", "all") or "tensorrt" in targets)
 
@@ -188,7 +188,9 @@ def export(loaded, out: str | Path, target: str = "onnx", options: ExportOptions
             ctx.manifest["skipped_targets"] = skipped
         from nsr_deploy.exporters.runs_on import runs_on
 
-        ctx.manifest["runs_on"] = runs_on(ctx.manifest)
+        # entries that are not a target of their own (onnx-fp16: the ONNX target's second file) say nothing
+        ctx.manifest["runs_on"] = runs_on(ctx.manifest, lambda name: target_module(name) if name in TARGET_MODULES
+                                          else None)
         ctx.manifest["export_seconds"] = stages.timings
         write_json(tmp / MANIFEST, ctx.manifest)
     return ctx.manifest

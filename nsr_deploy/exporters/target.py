@@ -8,6 +8,7 @@ every engine it ships and the bench builds the same engines ungated, to measure 
     def validate_options(options) -> None                   # optional: refuse options up front
     def build(ctx: ExportContext) -> Artifact               # files into ctx.folder; manifest sections
     def gate(artifact, ctx: ExportContext) -> GateResult | None   # the engine against the reference
+    def runs_on(entry, tools) -> list[str]                  # optional: where its file runs (nsr.json)
 
 A target never writes the manifest: its artifact carries the sections, and the gate's result its
 ``parity`` entry and what running the engine showed (``GateResult.facts``); the pipeline puts them

@@ -1,6 +1,6 @@
 """What an app does around the engine, as ``nsr.json`` states it: the tiling parameters and the pixel
 rules (conversion, padding, blending, rounding, colour). docs/contract.md spells out the algorithm
-these parameters drive; :mod:`.tiling` and :mod:`.engine` are its implementation here.
+these parameters drive; :mod:`~nsr_deploy.runtimes.host.tiling` and :mod:`.engine` are its implementation here.
 
 ``CONTRACT_VERSION`` changes whenever an app following the previous text would get other pixels.
 """

@@ -117,11 +117,11 @@ class LayerExecuTorchRunner(Runner):
         return self.method.execute([torch.from_numpy(x)])[0].numpy().copy()
 
 
+# the backends whose runners take a single-layer graph (the ONNX layer file, or ExecuTorch's .pte of it)
+LAYER_RUNNERS = {"onnxruntime": LayerOrtRunner, "openvino": LayerOvRunner, "executorch": LayerExecuTorchRunner}
+
+
 def layer_runner(backend: str, onnx_path: Path, threads: int) -> Runner:
-    if backend == "onnxruntime":
-        return LayerOrtRunner(str(onnx_path), threads)
-    if backend == "openvino":
-        return LayerOvRunner(str(onnx_path), threads)
-    if backend == "executorch":
-        return LayerExecuTorchRunner(str(onnx_path), threads)
-    raise NSRError(f"no single-layer graphs for {backend}")
+    if backend not in LAYER_RUNNERS:
+        raise NSRError(f"no single-layer graphs for {backend}")
+    return LAYER_RUNNERS[backend](str(onnx_path), threads)

@@ -64,6 +64,13 @@ def unavailable() -> str | None:
     return None
 
 
+
+def runs_on(entry: dict, tools: dict) -> list[str]:
+    """Where the ``.pte`` runs: an ExecuTorch runtime with the delegate it was lowered for (XNNPACK)."""
+    side = (entry.get("size") or {}).get("max_side")
+    return [f"ExecuTorch >= {tools.get('executorch')} built with the XNNPACK backend (Android, iOS, Linux; ARM64 and "
+            f"x86-64 CPUs), {entry.get('io_dtype')} in and out, one patch per call, sides up to {side}"]
+
 def validate_options(options) -> None:
     """Refuse what this target cannot honour before any work (the pipeline calls it up front)."""
     if options.precision not in PRECISIONS:

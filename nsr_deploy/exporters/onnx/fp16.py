@@ -9,7 +9,7 @@ Conversion: onnxconverter-common's ``convert_float_to_float16`` (maintained, use
 own tools) with ``keep_io_types`` (inputs and output stay float32, so every runner feeds it as it
 feeds ``model.onnx``) and a node block list: the sparsity routing of every sparse conv (the patch
 pooling ReduceMean, the MLP, the softmax over k and the kernel mixing, found by
-:func:`~nsr_deploy.exporters.tensorrt.support.routing_nodes`) stays fp32 behind explicit Casts,
+:func:`~nsr_deploy.exporters.onnx.routing.routing_nodes`) stays fp32 behind explicit Casts,
 because an fp16 softmax over MLP logits is where restoration nets overflow to NaN.
 
 Gates, before anything is written (a failure writes nothing):
@@ -60,7 +60,7 @@ def convert(model):
     import onnx
     from onnxconverter_common import float16
 
-    from nsr_deploy.exporters.tensorrt.support import routing_nodes
+    from nsr_deploy.exporters.onnx.routing import routing_nodes
 
     why = unavailable()
     if why:
@@ -137,7 +137,7 @@ def precision_report(model) -> dict:
     """Which nodes compute in which type, and every break of the fp16 contract (``violations``)."""
     from onnx import TensorProto
 
-    from nsr_deploy.exporters.tensorrt.support import routing_nodes
+    from nsr_deploy.exporters.onnx.routing import routing_nodes
 
     types = element_types(model)
     name_of = TensorProto.DataType.Name
@@ -161,7 +161,7 @@ def precision_report(model) -> dict:
 
 def routing_counts(model) -> dict[str, int]:
     """Op type -> how many routing nodes the (fp32) graph has: what its fp16 twin must keep in fp32."""
-    from nsr_deploy.exporters.tensorrt.support import routing_nodes
+    from nsr_deploy.exporters.onnx.routing import routing_nodes
 
     names = routing_nodes(model).nodes
     return dict(sorted(Counter(n.op_type for n in model.graph.node if n.name in names).items()))

@@ -1,4 +1,4 @@
-"""ONNX target: deploy rewrite -> trace -> onnxsim -> full checker (:mod:`.onnx_graph`), then the
+"""ONNX target: deploy rewrite -> trace -> onnxsim -> full checker (:mod:`.graph`), then the
 parity gate in ONNX Runtime.
 
 Writes ``OUT/model.onnx`` and ``OUT/nsr.json`` atomically (a temp folder renamed into place only
@@ -6,8 +6,8 @@ after every gate passed). The same inputs give byte-identical model files.
 
 ``model.onnx`` is always portable: standard ONNX ops, the oldest IR version its opset allows (ONNX
 Runtime >= 1.17 in Python, C, Node and Web loads it). Conv forms: ``grouped``, ``matmul``, ``dense-mix``.
-``auto`` decides by a rule (:mod:`.form_rule`); ``tune`` builds every candidate, checks its parity,
-times it in ONNX Runtime on this machine and keeps the fastest (:mod:`.onnx_auto`; machine-specific,
+``auto`` decides by a rule (:mod:`~nsr_deploy.exporters.form_rule`); ``tune`` builds every candidate, checks its parity,
+times it in ONNX Runtime on this machine and keeps the fastest (:mod:`.tune`; machine-specific,
 the timings go into the manifest). ONNX Runtime's blocked ``nchwc`` form is not shipped: its runner
 builds it at load for its own CPU (:mod:`nsr_deploy.runtimes.onnxruntime.specialise`).
 """
@@ -64,6 +64,18 @@ def unavailable() -> str | None:
             return f"{module} is not installed (pip install 'nsr-deploy[export]')"
     return None
 
+
+
+ORT_MIN = "1.17"  # the IR version / opset the export writes is one ONNX Runtime >= 1.17 reads
+
+
+def runs_on(entry: dict, tools: dict) -> list[str]:
+    """Where ``model.onnx`` runs (``nsr.json`` ``runs_on``; written by :mod:`nsr_deploy.exporters.runs_on`)."""
+    batch = f", fixed batch of {entry['static_batch']} patches" if entry.get("static_batch") else ""
+    return [f"ONNX Runtime >= {ORT_MIN} on any CPU (x86-64, ARM64) or GPU: Python, C/C++, C#, Java, Node.js "
+            f"(onnxruntime-node), browsers (onnxruntime-web, WebAssembly); IR version {entry.get('ir_version')}{batch}",
+            "ONNX Runtime on x86 CPUs: rewritten at load into its blocked NCHWc form for that CPU (cached)",
+            "any other ONNX runtime with the standard ops (Conv, MatMul, Softmax, ReduceMean, DepthToSpace)"]
 
 def build(ctx) -> Artifact:
     """Pipeline step: ``model.onnx`` into ``ctx.folder``; the I/O contract the manifest starts with."""

@@ -1,6 +1,6 @@
 """``--conv-form tune`` for ONNX Runtime: build every export form, check its parity, time it on this
 machine and keep the fastest; the timings go into the manifest. Machine-specific by nature, so it is an
-explicit opt-in (``auto`` is a rule: :mod:`.form_rule`)."""
+explicit opt-in (``auto`` is a rule: :mod:`~nsr_deploy.exporters.form_rule`)."""
 
 from __future__ import annotations
 

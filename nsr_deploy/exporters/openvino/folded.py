@@ -8,14 +8,16 @@ network runs on ``[1, N*C, h, w]``:
 
 * the head is a GroupConvolution (groups = N) whose constant weights are the layer's weights broadcast
   over the N groups (a Tile the plugin folds at compile time: the file stores them once); tail and skip
-  are plain Convolutions after the unfold (see :meth:`_Folded.batch_conv` for why);
+  are plain Convolutions after the unfold (see :meth:`FoldedConvs.batch_conv` for why);
 * each sparse conv pools its input (ReduceMean over h, w), runs the MLP and the softmax over k (Eq. 7-9)
-  and mixes the stacked kernels (k broadcast Multiply-Adds, :mod:`.openvino_mixing`) and biases (a batched
+  and mixes the stacked kernels (k broadcast Multiply-Adds, :mod:`.mixing`) and biases (a batched
   MatMul) (Eq. 10); the per-patch conv is one GroupConvolution with the mixed ``[N, out, in, 3, 3]``
   kernels; its run-time bias is one Eltwise pass that the plugin fuses the ReLU and the residual Add into
   (a run-time bias cannot become a conv post-op);
-* only the input and output are reshaped (``[N, C, h, w]`` <-> ``[1, N*C, h, w]``); pixel shuffle is
-  DepthToSpace (``depth_first`` is PyTorch's channel order).
+* only the head's input and the tail's input are reshaped (``[N, C, h, w]`` <-> ``[1, N*C, h, w]``).
+
+The walk through the network (head, blocks, tail, skip, pixel shuffle) is :mod:`.network`'s, shared with
+the int8 graph; this module says how each conv is written.
 
 The I/O contract is the other forms' (``x``, ``valid`` -> ``y``); the patch batch is fixed (the number of
 groups is the kernels' first dim, fixed by the constant convs), the patch size is dynamic. Weights come
@@ -29,7 +31,7 @@ import numpy as np
 
 import nsr_deploy.runtimes.openvino.quiet_import  # noqa: F401 (OpenVINO's telemetry off before its first import)
 from nsr_deploy.exporters.openvino.mixing import mix_kernels
-from nsr_deploy.exporters.openvino.op_roles import name_by_graph_order
+from nsr_deploy.exporters.openvino.network import ConvHook, build_network
 
 
 def _const(array) -> object:
@@ -44,20 +46,49 @@ def _ints(values) -> object:
     return ops.constant(np.asarray(values, dtype=np.int64))
 
 
-class _Folded:
-    """Builds one ``ov.Model``. Layer names follow the checkpoint (``/body/body.1/body/body.0/Conv``, as the
-    ONNX-lowered graph names them), so :mod:`.openvino_graph` classifies its ops the same way."""
+class FoldedConvs(ConvHook):
+    """The convs of a :class:`~nsr_deploy.models.deploy.DeployNet` on the folded ``[1, N*C, h, w]`` tensor.
+    Layer names follow the checkpoint (``/body/body.1/body/body.0/Conv``, as the ONNX-lowered graph names
+    them), so :mod:`.op_roles` classifies its ops the same way."""
+
+    model_name = "nsr-folded"
 
     def __init__(self, deploy_net, batch: int):
         self.net = deploy_net
         self.n = batch
+        self.modules = dict(deploy_net.named_modules())
+        cfg = deploy_net.config
+        self.unfolded = {f"body.{cfg.num_blocks + 1}", "skip.0"}  # tail and skip: see batch_conv
 
-    @staticmethod
-    def _name(node, layer: str, op: str):
+    def constant(self, value):
+        return _const(value)  # at least 1-d: a scalar mean is stored as shape [1]
+
+    def name(self, node, layer: str, op: str):
         parts = layer.split(".")  # body.1.body.0 -> /body/body.1/body/body.0
         path = "".join(f"/{name}/{name}.{index}" for name, index in zip(parts[::2], parts[1::2]))
         node.set_friendly_name(f"{path}/{op}")
         return node
+
+    def to_body(self, x):
+        import openvino.opset13 as ops
+
+        return ops.reshape(x, _ints([1, self.n * self.net.config.channels, 0, 0]), True)  # 0: keep h and w
+
+    def to_tail(self, h):
+        import openvino.opset13 as ops
+
+        tail = self.modules[f"body.{self.net.config.num_blocks + 1}"]
+        return ops.reshape(h, _ints([self.n, tail.weight.shape[1], 0, 0]), True)
+
+    def conv(self, layer: str, x, unsigned: bool = False):
+        from nsr_deploy.models.deploy import DeploySparseConv
+
+        module = self.modules[layer]
+        if layer in self.unfolded:
+            return self.batch_conv(x, module, layer)
+        if isinstance(module, DeploySparseConv):
+            return self.sparse_conv(x, module, layer)
+        return self.folded_conv(x, module, layer)
 
     def folded_conv(self, x, module, layer: str):
         """A constant-weight conv on the folded tensor: GroupConvolution, its weights broadcast over the N
@@ -67,9 +98,9 @@ class _Folded:
         w = module.weight.numpy()
         pad = w.shape[-1] // 2
         weights = ops.tile(_const(w[None]), _ints([self.n, 1, 1, 1, 1]))
-        y = self._name(ops.group_convolution(x, weights, [1, 1], [pad, pad], [pad, pad], [1, 1]), layer, "Conv")
+        y = self.name(ops.group_convolution(x, weights, [1, 1], [pad, pad], [pad, pad], [1, 1]), layer, "Conv")
         bias = ops.tile(_const(module.bias.numpy().reshape(1, -1, 1, 1)), _ints([1, self.n, 1, 1]))
-        return self._name(ops.add(y, bias), layer, "Add")
+        return self.name(ops.add(y, bias), layer, "Add")
 
     def batch_conv(self, x, module, layer: str):
         """A constant-weight conv on the unfolded ``[N, C, h, w]`` tensor (tail and skip). Besides saving the
@@ -79,8 +110,8 @@ class _Folded:
 
         w = module.weight.numpy()
         pad = w.shape[-1] // 2
-        y = self._name(ops.convolution(x, _const(w), [1, 1], [pad, pad], [pad, pad], [1, 1]), layer, "Conv")
-        return self._name(ops.add(y, _const(module.bias.numpy().reshape(1, -1, 1, 1))), layer, "Add")
+        y = self.name(ops.convolution(x, _const(w), [1, 1], [pad, pad], [pad, pad], [1, 1]), layer, "Conv")
+        return self.name(ops.add(y, _const(module.bias.numpy().reshape(1, -1, 1, 1))), layer, "Add")
 
     def sparse_conv(self, x, module, layer: str):
         """Eq. 7-10 on the folded tensor: pool -> MLP -> softmax over k -> mixed kernels and biases -> one
@@ -89,71 +120,24 @@ class _Folded:
         import openvino.opset13 as ops
 
         n, k, d, cin, cout, ks = self.n, module.k, module.d, module.cin, module.cout, module.ks
-        pooled = self._name(ops.reduce_mean(x, _ints([2, 3]), keep_dims=False), layer, "ReduceMean")
+        pooled = self.name(ops.reduce_mean(x, _ints([2, 3]), keep_dims=False), layer, "ReduceMean")
         # The MLP as W^T @ pooled^T, constant first: the plugin keeps it a MatMul (a constant second input
         # would make it a FullyConnected, which drops the keep-f32 mark that bf16 exports put on it).
         pooled = ops.reshape(pooled, _ints([n, cin, 1]), False)
-        logits = self._name(ops.matmul(_const(module.mlp_weight.numpy().T), pooled, False, False), layer, "MatMul")
-        logits = self._name(ops.add(logits, _const(module.mlp_bias.numpy().reshape(-1, 1))), layer, "MatMul_bias")
+        logits = self.name(ops.matmul(_const(module.mlp_weight.numpy().T), pooled, False, False), layer, "MatMul")
+        logits = self.name(ops.add(logits, _const(module.mlp_bias.numpy().reshape(-1, 1))), layer, "MatMul_bias")
         gamma = ops.reshape(logits, _ints([n, d, k]), False)  # MLP rows are ordered (d, k)
-        gamma = self._name(opset1.softmax(gamma, 2), layer, "Softmax")  # v1: the CPU plugin keeps its marks
+        gamma = self.name(opset1.softmax(gamma, 2), layer, "Softmax")  # v1: the CPU plugin keeps its marks
         stacked = module.stacked.numpy().reshape(d, k, cout // d, cin * ks * ks + 1)
         kernels = mix_kernels(gamma, stacked[..., :-1].reshape(d, k, -1),
-                              lambda node, op: self._name(node, layer, op))
+                              lambda node, op: self.name(node, layer, op))
         gamma = ops.reshape(gamma, _ints([n, d, 1, k]), False)
-        biases = self._name(ops.matmul(gamma, _const(stacked[..., -1]), False, False), layer, "MixBiases")
+        biases = self.name(ops.matmul(gamma, _const(stacked[..., -1]), False, False), layer, "MixBiases")
         kernels = ops.reshape(kernels, _ints([n, cout, cin, ks, ks]), False)
         biases = ops.reshape(biases, _ints([1, n * cout, 1, 1]), False)
         pad = ks // 2
-        y = self._name(ops.group_convolution(x, kernels, [1, 1], [pad, pad], [pad, pad], [1, 1]), layer, "Conv")
-        return self._name(ops.add(y, biases), layer, "Add")
-
-    def layer(self, x, module, layer: str):
-        from nsr_deploy.models.deploy import DeploySparseConv
-
-        if isinstance(module, DeploySparseConv):
-            return self.sparse_conv(x, module, layer)
-        return self.folded_conv(x, module, layer)
-
-    def block(self, x, block, layer: str):
-        """``x + conv2(relu(conv1(x)))``: the plugin fuses the ReLU and the residual Add into the bias Adds."""
-        import openvino.opset13 as ops
-
-        t = self.layer(x, block.body[0], f"{layer}.body.0")
-        t = self._name(ops.relu(t), f"{layer}.body.1", "Relu")
-        t = self.layer(t, block.body[2], f"{layer}.body.2")
-        return self._name(ops.add(x, t), layer, "Add")
-
-    def model(self):
-        import openvino.opset13 as ops
-
-        from nsr_deploy.runtimes.openvino.quiet_import import ov
-
-        cfg, n = self.net.config, self.n
-        x = ops.parameter([n, cfg.channels, -1, -1], np.float32, name="x")
-        valid = ops.parameter([n, 1, -1, -1], np.float32, name="valid")
-        x.output(0).set_names({"x"})
-        valid.output(0).set_names({"valid"})
-        xm = ops.subtract(x, _const(cfg.image_mean))
-        body = list(self.net.body)
-        t = ops.reshape(xm, _ints([1, n * cfg.channels, 0, 0]), True)  # 0: keep h and w
-        t = self.layer(t, body[0], "body.0")
-        for i, block in enumerate(body[1:-1], start=1):
-            t = self.block(t, block, f"body.{i}")
-        t = ops.reshape(t, _ints([n, body[-1].weight.shape[1], 0, 0]), True)
-        t = self.batch_conv(t, body[-1], f"body.{len(body) - 1}")
-        s = ops.multiply(xm, valid)  # the skip conv sees zeros outside the image, as on the whole image
-        if len(self.net.skip):
-            s = self.batch_conv(s, self.net.skip[0], "skip.0")
-        y = ops.add(t, s)
-        if cfg.scale > 1:
-            y = ops.depth_to_space(y, "depth_first", cfg.scale)  # depth_first: PyTorch's pixel_shuffle order
-        y = ops.add(y, _const(cfg.image_mean))
-        y.output(0).set_names({"y"})
-        result = ops.result(y)
-        result.set_friendly_name("y")
-        # the same checkpoint gives the same bytes in any process, first export or tenth
-        return name_by_graph_order(ov.Model([result], [x, valid], "nsr-folded"))
+        y = self.name(ops.group_convolution(x, kernels, [1, 1], [pad, pad], [pad, pad], [1, 1]), layer, "Conv")
+        return self.name(ops.add(y, biases), layer, "Add")
 
 
 def build_folded(loaded, batch: int):
@@ -166,4 +150,4 @@ def build_folded(loaded, batch: int):
         raise ValueError(f"patch batch must be >= 1, got {batch}")
     with torch.no_grad():
         net = DeployNet(loaded.net, "grouped", batch).eval()
-    return _Folded(net, batch).model()
+    return build_network(net.config, batch, FoldedConvs(net, batch))

@@ -16,7 +16,7 @@ renamed only on success):
 ``bf16``  weights stored f32; the manifest and the IR say bf16 and the runner compiles with
           ``INFERENCE_PRECISION_HINT=bf16`` on CPUs with AVX-512 BF16 or AMX (refused at export elsewhere,
           :mod:`nsr_deploy.runtimes.openvino.cpu_bf16`). The pooling MLP, the softmax and the kernel mixing carry
-          OpenVINO's ``precise`` attribute (:mod:`.openvino_precise`) and run f32 (checked in the compiled
+          OpenVINO's ``precise`` attribute (:mod:`.precise`) and run f32 (checked in the compiled
           model). Gate (:mod:`nsr_deploy.checks.bf16`): max abs and PSNR against the fp32 reference on random
           patches and a real image, and the task PSNR drop from fp32 on the bundled photos.
 ``int8``  NNCF post-training quantization, see :mod:`~nsr_deploy.exporters.openvino.quantize.nncf_int8`. Gate:
@@ -26,7 +26,7 @@ renamed only on success):
           bundled metadata's task (sr / noise / jpeg), else bicubic SR when scale > 1 and Gaussian
           noise, sigma 25, at scale 1 (:mod:`~nsr_deploy.checks.task`).
 
-Graph: a sparse model's IR is built ``folded`` from OpenVINO opsets (:mod:`.openvino_folded`) when the conv
+Graph: a sparse model's IR is built ``folded`` from OpenVINO opsets (:mod:`.folded`) when the conv
 form is ``auto`` or ``folded`` (the rule: :func:`~.form_rule.openvino_form`); otherwise, and for dense
 models, it is lowered from the ONNX model. Shapes: ``folded`` and ``grouped`` have a static patch batch
 (the kernels' first dim; ONNX ``Conv.group`` is an attribute), the other forms are dynamic in batch and
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -74,6 +74,12 @@ def unavailable() -> str | None:
 
     return runtime_unavailable()
 
+
+
+def runs_on(entry: dict, tools: dict) -> list[str]:
+    """Where the IR runs: the OpenVINO that wrote it or newer."""
+    return [f"OpenVINO >= {tools.get('openvino')} on x86-64 (Intel, AMD) and ARM64 CPUs, precision "
+            f"{entry.get('precision')}"]
 
 def validate_options(options) -> None:
     """Refuse what this target cannot honour before any work (the pipeline calls it up front)."""
@@ -245,13 +251,14 @@ def _folded(ctx, form: str) -> tuple[object, dict]:
 
 
 def _build_int8_sparse(ctx, path: Path, contract: dict, batch: int) -> tuple[GateResult, dict]:
-    """int8 of a sparse model with the per-patch convs int8 (:mod:`.openvino_int8_sparse`): calibrated,
+    """int8 of a sparse model with the per-patch convs int8 (:mod:`.quantize.sparse_int8`): calibrated,
     task-gated (0.1 dB) and checked to execute int8 before anything is written to ``path``."""
     from nsr_deploy.exporters.openvino.quantize.sparse_int8 import build_int8_sparse_ir
 
     with ctx.stages.stage("openvino-int8"):
         built = build_int8_sparse_ir(ctx.loaded, path.parent, ctx.options.calib, ctx.options.gate_images, batch,
-                                     ctx.options.threads, save=lambda m, p: save(m, p, "int8", contract))
+                                     ctx.options.threads, save=lambda m, p: save(m, p, "int8", contract),
+                                     scratch=ctx.scratch)
     return built.gate, {"int8": built.report}
 
 
@@ -262,39 +269,50 @@ def _runner(ctx, path: Path):
     return OvRunner(str(path), ctx.options.threads, cache=False)
 
 
+@dataclass(frozen=True)
+class NncfRecord:
+    """What one NNCF attempt quantised, and how the compiled model runs it."""
+
+    keep: set  # op names kept float
+    weight_int8: list  # ops whose weights NNCF stored int8
+    stray: list  # quantizers NNCF placed outside the targeted convs
+    executed_int8: set  # op names the plugin runs u8 / i8
+    runtime_precisions: dict
+    compile_seconds: float
+
+
 def _build_int8(ctx, model, ops, path: Path, contract: dict) -> tuple[GateResult, dict]:
-    """Calibrate, quantize, gate; on failure once more with the last layers float. The file left in
-    ``path`` is the attempt that passed (a failure raises, and the pipeline discards the folder)."""
+    """Calibrate, quantize, gate; on failure once more with the last layers float (:mod:`.quantize.search`).
+    The file left in ``path`` is the attempt that passed (a failure raises, and the pipeline discards the
+    folder)."""
     from nsr_deploy.checks.task import task_of
     from nsr_deploy.exporters.openvino.quantize import nncf_int8 as q
+    from nsr_deploy.exporters.openvino.quantize.search import image_facing_layers, keep_float_search
 
     cfg = ctx.loaded.config
     task = task_of(ctx.loaded)
     with ctx.stages.stage("openvino-compress"):
         batches, calibration = _calibration(ctx, task, static_batch_of(model) or q.CALIB_BATCH)
-    last_layers = (f"body.{cfg.num_blocks + 1}",) + (("skip.0",) if cfg.has_skip else ())
-    attempts = []
+    last_layers = image_facing_layers(cfg, head=False)
     with ctx.stages.stage("openvino-parity"):
         references, source = _gate_references(ctx, task)
-        for keep_last in ((), last_layers):
-            attempt = _int8_attempt(ctx, model, ops, path, contract, batches, keep_last, (references, task, source))
-            attempts.append(attempt)
-            if attempt["gate"].passed:
-                break
-        else:
-            check = attempts[-1]["gate"].checks[0]
-            raise NSRError(f"int8 gate failed: task PSNR drop {check.figures['drop_db']:.3f} dB > {check.tolerance:g} "
-                           f"dB even with {' and '.join(last_layers)} kept float ({task.describe()}); nothing written "
-                           f"(try --precision fp16)")
+        gate_on = (references, task, source)
+        attempts = keep_float_search(
+            lambda kept: _int8_attempt(ctx, model, ops, path, contract, batches, kept, gate_on), ((), last_layers))
     final = attempts[-1]
-    report = q.layer_report(cfg, ops, final["keep"], final["weight_int8"], final["executed_int8"])
-    report["other_quantized_ops"] = final["stray"]
-    history = [{"kept_float": list(a["kept_last"]) or None, **{k: a["gate"].checks[0].figures[k] for k in
-                ("drop_db", "fp32_psnr", "int8_psnr")}, "passed": a["gate"].passed} for a in attempts]
-    entry = {"compile_seconds": final["compile_seconds"], "runtime_precisions": final["runtime_precisions"],
+    if not final.passed:
+        check = final.gate.checks[0]
+        raise NSRError(f"int8 gate failed: task PSNR drop {check.figures['drop_db']:.3f} dB > {check.tolerance:g} "
+                       f"dB even with {' and '.join(last_layers)} kept float ({task.describe()}); nothing written "
+                       f"(try --precision fp16)")
+    record = final.record
+    report = q.layer_report(cfg, ops, record.keep, record.weight_int8, record.executed_int8)
+    report["other_quantized_ops"] = record.stray
+    history = [{"kept_float": list(a.kept_float) or None, **a.figures, "passed": a.passed} for a in attempts]
+    entry = {"compile_seconds": record.compile_seconds, "runtime_precisions": record.runtime_precisions,
              "runtime_precisions_note": RUNTIME_PRECISION_NOTE,
              "int8": {**report, "calibration": calibration, "attempts": history, "gate_images": source}}
-    return final["gate"], entry
+    return final.gate, entry
 
 
 def _calibration(ctx, task, batch: int) -> tuple[list[dict], dict]:
@@ -325,10 +343,11 @@ def _gate_references(ctx, task) -> tuple[list, str]:
     return task_references(ctx.loaded.net, images, task), str(folder) if folder else "the bundled sample photos"
 
 
-def _int8_attempt(ctx, model, ops, path: Path, contract: dict, batches, keep_last: tuple, gate_on) -> dict:
-    """Quantize with ``keep_last`` layers float, save to ``path``, gate; what happened, as a dict."""
+def _int8_attempt(ctx, model, ops, path: Path, contract: dict, batches, keep_last: tuple, gate_on):
+    """Quantize with ``keep_last`` layers float, save to ``path``, gate: an ``Int8Attempt``."""
     from nsr_deploy.exporters.openvino.op_roles import weight_quantized_ops
     from nsr_deploy.exporters.openvino.quantize import nncf_int8 as q
+    from nsr_deploy.exporters.openvino.quantize.search import Int8Attempt
 
     references, task, source = gate_on
     keep = q.float_scope(ops, keep_last)
@@ -345,8 +364,8 @@ def _int8_attempt(ctx, model, ops, path: Path, contract: dict, batches, keep_las
         executed_int8 = {name for rt in runner.runtime_ops() if rt["precision"] in ("u8", "i8")
                          for name in rt["original"]}
         seconds = round(runner.load_seconds, 3)
-    return {"kept_last": keep_last, "keep": keep, "gate": gate, "weight_int8": weight_int8, "stray": stray,
-            "executed_int8": executed_int8, "runtime_precisions": used, "compile_seconds": seconds}
+    record = NncfRecord(keep, weight_int8, stray, executed_int8, used, seconds)
+    return Int8Attempt(tuple(keep_last), gate, gate.passed, record)
 
 
 def _target_entry(path: Path, precision: str, contract: dict, static: int | None) -> dict:

@@ -6,16 +6,16 @@
 Steps, each a pipeline stage (the export folder appears only if every one passes):
 
 ``tensorrt-check``   the ONNX graph against TensorRT's documented operator support
-                     (:mod:`.tensorrt_support`): documented-unsupported nodes stop the export before
-                     TensorRT is asked; optimisation profiles from the options (:mod:`.tensorrt_profiles`).
+                     (:mod:`.support`): documented-unsupported nodes stop the export before
+                     TensorRT is asked; optimisation profiles from the options (:mod:`.profiles`).
 ``tensorrt-build``   TensorRT's ONNX parser (every parser error reported, in one line) into a strongly typed
                      network (TensorRT 10.x and 11.x alike, :mod:`~nsr_deploy.runtimes.tensorrt.compat`): the
                      graph's own types decide each layer's precision. ``fp32`` parses ``model.onnx``;
-                     ``fp16`` parses the fp16 graph (``model.fp16.onnx``, :mod:`.onnx_fp16`: fp16 weights
-                     and activations, the sparsity routing fp32 behind explicit Casts). No precision
-                     builder flags (TensorRT 11 removed them). Builder config: workspace limit, TF32 off
-                     (fp32 tensors compute in fp32), one profile per tile regime, the timing cache file
-                     loaded and written back.
+                     ``fp16`` parses the fp16 graph (``model.fp16.onnx``,
+                     :mod:`~nsr_deploy.exporters.onnx.fp16`: fp16 weights and activations, the sparsity
+                     routing fp32 behind explicit Casts). No precision builder flags (TensorRT 11
+                     removed them). Builder config: workspace limit, TF32 off (fp32 tensors compute in
+                     fp32), one profile per tile regime, the timing cache file loaded and written back.
 ``tensorrt-parity``  the engine through :class:`~nsr_deploy.runtimes.tensorrt.runner.TrtRunner` against the
                      PyTorch reference: fp32 max abs <= 1e-3 (GPU convolutions sum in another order than
                      the CPU reference); fp16 PSNR >= 40 dB against the fp32 reference on random patches
@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from nsr_deploy.checks import verdicts
 from nsr_deploy.checks.results import GateResult
 from nsr_deploy.core.capabilities import AUTO_FORM, PRECISIONS_OF_TARGET
 from nsr_deploy.core.errors import BackendUnavailable, NSRError
@@ -48,11 +49,6 @@ MODEL_FILE = "model.engine"
 PRECISIONS = PRECISIONS_OF_TARGET["tensorrt"]
 MIB = 1 << 20
 
-# Parity gates (documented in the module docstring and README).
-FP32_MAX_ABS = 1e-3
-FP16_MIN_PSNR = 40.0
-FP16_MAX_ABS_GUARD = 0.1
-
 
 def unavailable() -> str | None:
     """Building needs what running needs (the parity gate runs the engine): TensorRT >= 10 and a GPU."""
@@ -60,6 +56,12 @@ def unavailable() -> str | None:
 
     return runtime_unavailable()
 
+
+
+def runs_on(entry: dict, tools: dict) -> list[str]:
+    """Where the engine runs: tied to the TensorRT version and the GPU model it was built with."""
+    gpu = entry.get("gpu") or tools.get("gpu") or "the GPU it was built on"
+    return [f"TensorRT {tools.get('tensorrt')} on {gpu} only (engines are tied to the TensorRT version and GPU model)"]
 
 def validate_options(options) -> None:
     """Refuse options this target cannot honour, before any work (the pipeline may call it up front)."""
@@ -183,7 +185,7 @@ def save_timing_cache(config, info: dict | None) -> None:
 
 
 def add_profiles(builder, config, profiles, channels: int) -> None:
-    """One ``IOptimizationProfile`` per :class:`~.tensorrt_profiles.ShapeProfile`, in order (index = order)."""
+    """One ``IOptimizationProfile`` per :class:`.profiles.ShapeProfile`, in order (index = order)."""
     for shape_profile in profiles:
         profile = builder.create_optimization_profile()
         for name, (low, opt, high) in shape_profile.input_shapes(channels).items():
@@ -223,14 +225,14 @@ def build_engine(onnx_bytes: bytes, source: str, profiles, channels: int, worksp
 
 # -- parity gates ---------------------------------------------------------------------------------------------
 def engine_gate(loaded, runner, precision: str) -> GateResult:
-    """The engine against the PyTorch reference: fp32 within ``FP32_MAX_ABS``; fp16 on PSNR against the
-    fp32 reference (every check, >= ``FP16_MIN_PSNR``) behind a loose max-abs guard."""
+    """The engine against the PyTorch reference: fp32 within ``verdicts.TRT_FP32_MAX_ABS``; fp16 on PSNR
+    against the fp32 reference (every check, >= ``verdicts.TRT_FP16_MIN_PSNR``) behind a loose max-abs guard."""
     from nsr_deploy.checks.gates import float_gate
-    from nsr_deploy.checks.verdicts import judge_fp16_gate
 
     if precision == "fp32":
-        return float_gate(loaded.net, runner, FP32_MAX_ABS)
-    return judge_fp16_gate(float_gate(loaded.net, runner, FP16_MAX_ABS_GUARD), FP16_MIN_PSNR)
+        return float_gate(loaded.net, runner, verdicts.TRT_FP32_MAX_ABS)
+    guarded = float_gate(loaded.net, runner, verdicts.TRT_FP16_MAX_ABS_GUARD)
+    return verdicts.judge_fp16_gate(guarded, verdicts.TRT_FP16_MIN_PSNR)
 
 
 # -- the pipeline steps -----------------------------------------------------------------------------------------

@@ -79,6 +79,11 @@ def unavailable() -> str | None:
     return None
 
 
+
+def runs_on(entry: dict, tools: dict) -> list[str]:
+    """A model repository: wherever a Triton server with the backends of its engines runs."""
+    return ["Triton Inference Server, with the backends of the engines it holds"]
+
 # -- config text ---------------------------------------------------------------------------------
 def model_name(base: str, target: str) -> str:
     """``<model>_<target>``: a folder name Triton accepts (letters, digits, ``_ . -``)."""

@@ -3,7 +3,7 @@
 Every plan is a list of equally sized windows (one engine batch item each, so windows batch
 together), the part of each window that is kept, and a blend weight:
 
-``reference``  the reference trainer's evaluation (:mod:`.geometry`): images with a side below
+``reference``  the reference trainer's evaluation (:mod:`~nsr_deploy.core.geometry`): images with a side below
                ``4 * patch`` are one patch; larger ones are cut into overlapping patches of the
                reflect-padded image whose centres are averaged with the trainer's weights.
 ``cells``      the fast mode: non-overlapping cells, each run inside a window that adds a thin halo

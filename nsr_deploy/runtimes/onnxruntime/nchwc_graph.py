@@ -2,7 +2,7 @@
 
 Torch-free on purpose: the exporter builds it from a PyTorch model (:mod:`nsr_deploy.exporters.onnx.nchwc`)
 and the ONNX Runtime runner builds it at load time from the portable ``model.onnx``
-(:mod:`.ort_specialise`), for the block size of the CPU it runs on.
+(:mod:`.specialise`), for the block size of the CPU it runs on.
 
 ONNX Runtime runs static convolutions fastest through its NCHWc kernels (MLAS), but it only
 rewrites a Conv into that form when the weights are constant, so a per-patch conv with runtime

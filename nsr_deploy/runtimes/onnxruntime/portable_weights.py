@@ -1,6 +1,6 @@
 """Read an NSR network's weights back out of a portable ``model.onnx`` (torch-free, ``onnx`` only).
 
-The load-time NCHWc specialisation (:mod:`.ort_specialise`) rebuilds the graph in ONNX Runtime's
+The load-time NCHWc specialisation (:mod:`.specialise`) rebuilds the graph in ONNX Runtime's
 blocked layout from these. The portable graph's structure is ours (:mod:`nsr_deploy.models.deploy`),
 and its own metadata says the architecture, so this reads initializers in graph order and checks every
 shape against the config: per sparse conv the MLP (a MatMul + Add or a Gemm after a ReduceMean) and

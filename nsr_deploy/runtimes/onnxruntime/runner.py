@@ -1,7 +1,7 @@
 """ONNX Runtime (CPU execution provider) runner.
 
 A portable model is specialised at load into ONNX Runtime's blocked NCHWc form for this CPU where it
-can be (:mod:`.ort_specialise`), else run as it is with a warning that says why. Calls with fewer
+can be (:mod:`.specialise`), else run as it is with a warning that says why. Calls with fewer
 patches than the engine's batch run on a batch-1 twin instead of being padded with copies (a whole
 small image is one patch: padded to 16 it would cost 16 times its pixels).
 """

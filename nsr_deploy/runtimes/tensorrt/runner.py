@@ -7,7 +7,7 @@ Choices, and why:
 
 * **Written against TensorRT 10.x and 11.x's documented Python API** (``Runtime.deserialize_cuda_engine``,
   ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``: the same in both). Other majors
-  are refused with the version found (:mod:`.trt_compat` holds what differs between 10 and 11).
+  are refused with the version found (:mod:`.compat` holds what differs between 10 and 11).
 * **Device memory** comes from :mod:`.cuda_device` (torch.cuda or cuda-python; torch only when it is
   already imported or the only way in). Buffers grow to the largest call seen and are reused.
 * **Profiles are read from the engine**, not the manifest: each call picks the first optimisation

@@ -17,9 +17,9 @@ from nsr_deploy.exporters.common import Stages
 from nsr_deploy.exporters.onnx import fp16 as onnx_fp16
 from nsr_deploy.exporters.onnx import graph as onnx_exporter
 from nsr_deploy.exporters.onnx.fp16_reference import Fp16GraphRunner
+from nsr_deploy.exporters.onnx.routing import routing_nodes
 from nsr_deploy.exporters.pipeline import ExportContext, ExportOptions, export
 from nsr_deploy.exporters.target import Artifact
-from nsr_deploy.exporters.tensorrt.support import routing_nodes
 from nsr_deploy.models.checkpoint import LoadedModel, load_model, save_native
 from nsr_deploy.models.reference import reference_forward
 from nsr_deploy.runtimes import load

@@ -16,6 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import data_image, decisive_net
+from nsr_deploy.checks import verdicts
 from nsr_deploy.checks.task import to_chw
 from nsr_deploy.cli import main
 from nsr_deploy.core.config import NSRConfig
@@ -209,9 +210,7 @@ def test_bf16_runner_compiles_bf16_and_falls_back_to_f32_without_bf16(bf16_expor
 
 @NEEDS_BF16
 def test_failed_bf16_gate_writes_nothing(monkeypatch, tmp_path):
-    from nsr_deploy.checks import bf16
-
-    monkeypatch.setattr(bf16, "BF16_MIN_PSNR", 200.0)  # unreachable for bf16 arithmetic
+    monkeypatch.setattr(verdicts, "BF16_MIN_PSNR", 200.0)  # unreachable for bf16 arithmetic
     with pytest.raises(NSRError, match="parity gate failed: OpenVINO bf16"):
         export(tiny(X2), tmp_path / "out", "openvino", ExportOptions(precision="bf16", patch_batch=BATCH, threads=1,
                                                                      show_progress=False))

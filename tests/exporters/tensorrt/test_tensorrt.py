@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import data_image, decisive_net
+from nsr_deploy.checks import verdicts
 from nsr_deploy.checks.gates import float_gate
 from nsr_deploy.checks.results import GateResult
 from nsr_deploy.checks.verdicts import judge_fp16_gate
@@ -22,6 +23,7 @@ from nsr_deploy.cli import main
 from nsr_deploy.core.config import NSRConfig
 from nsr_deploy.core.errors import BackendUnavailable, NSRError
 from nsr_deploy.exporters.onnx import graph as onnx_graph
+from nsr_deploy.exporters.onnx.routing import routing_nodes
 from nsr_deploy.exporters.pipeline import ExportOptions, export
 from nsr_deploy.exporters.tensorrt import support
 from nsr_deploy.exporters.tensorrt import target as trt_target
@@ -137,7 +139,7 @@ def test_routing_kept_in_fp32_is_pooling_mlp_softmax_and_mixing(graphs):
     never a Conv (the convolutions themselves run in fp16)."""
     sparse_convs = 2 * TINY.num_blocks
     for form, model in graphs.items():
-        routing = support.routing_nodes(model)
+        routing = routing_nodes(model)
         ops = {n.name: n.op_type for n in model.graph.node}
         chosen = [ops[name] for name in routing.nodes]
         assert chosen.count("Softmax") == chosen.count("ReduceMean") == sparse_convs, form
@@ -231,7 +233,7 @@ def _gate(psnrs):
 
 def _judge_fp16(gate: dict) -> GateResult:
     """TensorRT's fp16 verdict: the shared fp16 judge at TensorRT's PSNR floor, on every check."""
-    return judge_fp16_gate(GateResult.from_manifest(gate), trt_target.FP16_MIN_PSNR)
+    return judge_fp16_gate(GateResult.from_manifest(gate), verdicts.TRT_FP16_MIN_PSNR)
 
 
 def test_fp16_is_judged_on_psnr_against_the_fp32_reference():
@@ -385,7 +387,7 @@ def test_engine_builds_passes_parity_and_restores_like_the_reference(tmp_path, f
     with load(tmp_path / "out", "tensorrt") as engine, torch.no_grad():
         for picture in (image, strip):
             want = reference_forward(loaded.net, torch.from_numpy(picture[None]))[0].numpy()
-            assert np.abs(engine.restore_chw(picture) - want).max() <= trt_target.FP32_MAX_ABS
+            assert np.abs(engine.restore_chw(picture) - want).max() <= verdicts.TRT_FP32_MAX_ABS
 
 
 @needs_trt
@@ -402,7 +404,7 @@ def test_fp16_engine_keeps_routing_fp32_and_meets_psnr(tmp_path):
     with load(tmp_path / "out", "tensorrt") as engine, torch.no_grad():
         got = engine.restore_chw(image)
         want = reference_forward(loaded.net, torch.from_numpy(image[None]))[0].numpy()
-    assert psnr_float(got, want) >= trt_target.FP16_MIN_PSNR
+    assert psnr_float(got, want) >= verdicts.TRT_FP16_MIN_PSNR
 
 
 @needs_trt

@@ -1,7 +1,8 @@
-"""The OpenVINO graph of a sparse NSR model with its per-patch convs in int8 (Fan et al., NeurIPS
-2020, Eq. 7-10), written from OpenVINO opsets directly.
+"""The int8 convs of a sparse NSR model's OpenVINO graph, the per-patch ones included (Fan et al., NeurIPS
+2020, Eq. 7-10): the :class:`~nsr_deploy.exporters.openvino.network.ConvHook` that
+:func:`~nsr_deploy.exporters.openvino.network.build_network` walks the network with.
 
-Why a graph of its own: the CPU plugin runs a convolution whose weights are computed at run time
+Why written here and not left to NNCF: the CPU plugin runs a convolution whose weights are computed at run time
 (the per-patch kernel of Eq. 10) in int8 -- ``brgconv_avx512_I8`` -- only when its input is
 quantised *unsigned without zero point* (FakeQuantize output range ``[0, hi]``) and its weights
 symmetric int8 (levels 255). A signed input falls back to f32 (measured: ``tools/int8_study.py``),
@@ -34,7 +35,7 @@ import numpy as np
 
 import nsr_deploy.runtimes.openvino.quiet_import  # noqa: F401 (OpenVINO's telemetry off before its first import)
 from nsr_deploy.exporters.openvino.mixing import mix_kernels
-from nsr_deploy.exporters.openvino.op_roles import name_by_graph_order
+from nsr_deploy.exporters.openvino.network import ConvHook, build_network, constant
 
 LEVELS_ACT = 256
 LEVELS_WEIGHT = 255  # symmetric int8 weights: the plugin's i8 weight path
@@ -114,7 +115,10 @@ class Range:
 LAYOUTS = ("split", "folded")
 
 
-class _Builder:
+class Int8Convs(ConvHook):
+    """The convs with FakeQuantize on their inputs and weights where ``ranges`` say (f32 without), in the
+    ``split`` or ``folded`` layout; every conv input is kept in ``probes`` (the calibration outputs)."""
+
     def __init__(self, cfg, convs: dict[str, ConvWeights], batch: int, ranges: dict[str, Range] | None,
                  layout: str):
         import openvino.opset13 as ops
@@ -123,10 +127,11 @@ class _Builder:
             raise ValueError(f"unknown layout {layout!r}")
         self.ops, self.cfg, self.convs, self.n, self.ranges = ops, cfg, convs, batch, ranges
         self.folded = layout == "folded"
+        self.model_name = f"nsr-int8-{layout}"
         self.probes: dict[str, object] = {}  # conv name -> its input (calibration outputs)
 
     def c(self, value, dtype=np.float32):
-        return self.ops.constant(np.array(value, dtype, order="C"))  # 0-d stays 0-d
+        return constant(value, dtype)
 
     def i64(self, value):
         return self.c(value, np.int64)
@@ -222,44 +227,28 @@ class _Builder:
             return x
         return self.ops.reshape(x, self.i64([1, self.n * channels, 0, 0]), True)
 
-    # -- the network ------------------------------------------------------------------------
+    # -- the hook ---------------------------------------------------------------------------
     def conv(self, name: str, x, unsigned: bool = False):
         return self.sparse(name, x, unsigned) if self.convs[name].sparse else self.plain(name, x)
 
-    def build(self):
-        from nsr_deploy.runtimes.openvino.quiet_import import ov
+    def to_body(self, x):
+        return self.fold(x, self.cfg.channels)
 
-        ops, cfg, n = self.ops, self.cfg, self.n
-        x = ops.parameter([n, cfg.channels, -1, -1], np.float32, name="x")  # any patch size, fixed batch
-        valid = ops.parameter([n, 1, -1, -1], np.float32, name="valid")
-        xm = ops.subtract(x, self.c(cfg.image_mean))
-        s = ops.multiply(xm, valid)
-        h = self.fold(xm, cfg.channels)
-        h = self.conv("body.0", h)
-        for b in range(1, cfg.num_blocks + 1):
-            t = ops.relu(self.conv(f"body.{b}.body.0", h))
-            h = ops.add(h, self.conv(f"body.{b}.body.2", t, unsigned=True))
-        y = self.conv(f"body.{cfg.num_blocks + 1}", h)
-        sf = self.fold(s, cfg.channels)
-        y = ops.add(y, self.conv("skip.0", sf) if cfg.has_skip else sf)
-        y = ops.reshape(y, self.i64([n, cfg.out_channels, 0, 0]), True)  # 0: keep h, w
-        if cfg.scale > 1:
-            y = ops.depth_to_space(y, "depth_first", cfg.scale)
-        y = ops.add(y, self.c(cfg.image_mean))
-        y.output(0).get_tensor().set_names({"y"})
-        x.output(0).get_tensor().set_names({"x"})
-        valid.output(0).get_tensor().set_names({"valid"})
-        return name_by_graph_order(ov.Model([y], [x, valid], "nsr_int8_folded"))  # same checkpoint, same bytes
+    def to_skip(self, s):
+        return self.fold(s, self.cfg.channels)
+
+    def to_output(self, y):
+        return self.ops.reshape(y, self.i64([self.n, self.cfg.out_channels, 0, 0]), True)  # 0: keep h, w
 
 
 def build_graph(cfg, convs: dict[str, ConvWeights], batch: int, ranges: dict[str, Range] | None = None,
                 probes: bool = False, layout: str = "split"):
-    """The folded graph for ``batch`` patches; int8 where ``ranges`` (conv name -> input range) say,
+    """The network for ``batch`` patches in ``layout``; int8 where ``ranges`` (conv name -> input range) say,
     f32 without. ``probes=True`` adds every conv input as an extra output (the calibration pass)."""
-    builder = _Builder(cfg, convs, batch, ranges, layout)
-    model = builder.build()
+    hook = Int8Convs(cfg, convs, batch, ranges, layout)
+    model = build_network(cfg, batch, hook)
     if probes:
-        for name, node in builder.probes.items():
+        for name, node in hook.probes.items():
             model.add_outputs(node.output(0))
             model.outputs[-1].get_tensor().set_names({f"probe:{name}"})
     return model

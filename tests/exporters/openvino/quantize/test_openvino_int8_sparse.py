@@ -4,6 +4,7 @@ oneDNN int8 primitives), the int8 output stays close to the independent float co
 photo, the bundled denoiser passes the 0.1 dB task gate, and a failed gate writes nothing."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,12 +117,29 @@ def test_bundled_denoiser_passes_the_task_gate(tmp_path):
     assert final["int8_layers"] == len(load_model("denoise-s25").config.conv_shapes()) - len(final["kept_float"])
 
 
-def test_failed_gate_writes_nothing(tiny, tmp_path, data_dir):
-    out = tmp_path / "out"
+def test_failed_gate_writes_nothing_and_its_attempts_lived_in_a_marked_scratch_folder(tiny, tmp_path, data_dir):
+    """Each attempt's IR is written under a marked scratch folder beside OUT (what a later export finds and
+    cleans after a kill), never in the system temp folder; a failed gate leaves nothing anywhere."""
+    import tempfile
+
+    from nsr_deploy.exporters.openvino.quantize.sparse_int8 import _save_f32
+    from nsr_deploy.exporters.output_folder import MARKER
+
+    out, saved = tmp_path / "out", []
+
+    def save(model, path):
+        saved.append((path, (path.parent.parent / MARKER).is_file()))
+        _save_f32(model, path)
+
+    before = set(Path(tempfile.gettempdir()).iterdir())
     with pytest.raises(NSRError, match="gate failed"):
         build_int8_sparse_ir(tiny, out, calib=str(data_dir / "CSet5"), gate_images=str(data_dir / "CSet5"),
-                             patch_batch=BATCH, threads=1, tolerance=-1.0)
-    assert not out.exists()
+                             patch_batch=BATCH, threads=1, tolerance=-1.0, save=save)
+    assert len(saved) == 2  # every conv int8, then the image-facing layers float
+    for path, marked in saved:
+        assert marked and path.parent.parent.parent == tmp_path and path.parent.parent.name.startswith(".out.")
+    assert not list(tmp_path.iterdir())  # no OUT, no scratch folder left
+    assert not {p for p in set(Path(tempfile.gettempdir()).iterdir()) - before if p.name.startswith("nsr-int8")}
 
 
 def test_export_auto_int8_of_a_sparse_model_takes_the_per_patch_int8_path(tmp_path, data_dir):
@@ -140,7 +158,7 @@ def test_export_auto_int8_of_a_sparse_model_takes_the_per_patch_int8_path(tmp_pa
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "nsr.json").read_text())
     entry, gate = doc["targets"]["openvino"], doc["parity"]["openvino/int8"]
-    assert entry["conv_form"] == "folded" and "openvino_int8_graph" in entry["int8"]["form"]
+    assert entry["conv_form"] == "folded" and entry["int8"]["form"].startswith("split int8")
     final = entry["int8"]["attempts"][-1]
     assert gate["passed"] and final["passed"] and final["drop_db"] <= 0.1 and final["unexpected_float"] == []
     assert final["int8_layers"] >= 2 * load_model("sr-x2").config.num_blocks  # the per-patch convs among them
