@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEVICE_PHOTOS, photo_rgb, within_contract_tolerance
+from conftest import DEVICE_PHOTOS, agreement, photo_rgb, within_contract_tolerance
 from nsr_deploy.checks.verdicts import tolerance_of
 from nsr_deploy.core.capabilities import BACKEND_TABLE, EXPORTED_BACKENDS, REFERENCE_BACKEND, TARGET_OF_BACKEND
 from nsr_deploy.models.checkpoint import save_native
@@ -71,3 +71,25 @@ def test_backend_restores_real_photos_as_the_reference_does(backend, device_expo
             assert worst <= limit, f"{backend} on {name}: max abs {worst:.2e} from the reference (limit {limit:g})"
             eight_bit = engine.restore(image)
             assert eight_bit.dtype == np.uint8 and within_contract_tolerance(eight_bit, to_uint8(want.copy())), name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_restores_real_photos_in_cells_as_the_reference_runner_does(backend, device_exports, photos,
+                                                                            tmp_path_factory):
+    """The cell grid (tiling ``cells``: the host's fixed-size, overlap-free windows) through each backend
+    against the same grid through the PyTorch reference runner, one 8-bit level on >= 99% of values."""
+    why = backend_unavailable(backend)
+    if why is not None:
+        pytest.skip(f"{backend} cannot run here: {why}")
+    from nsr_deploy.runtimes.engine import Engine
+    from nsr_deploy.runtimes.torch.runner import TorchRunner
+
+    loaded = device_exports.loaded
+    reference = Engine(TorchRunner("tiny", 1, net=loaded.net), loaded.config, "cells")
+    path = _model_path(backend, device_exports, tmp_path_factory)
+    with load(path, backend=backend, threads=1, tiling="cells") as engine:
+        assert engine.runner.backend == backend
+        for name in ("butterfly", "face"):
+            image = photos[name].astype(np.float32) / 255
+            same, worst = agreement(to_uint8(engine.restore(image)), to_uint8(reference.restore(image)))
+            assert same >= 0.99 and worst <= 1, (backend, name, same, worst)

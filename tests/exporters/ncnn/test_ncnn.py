@@ -80,18 +80,6 @@ def test_fp16_stores_half_weights_and_passes_the_fp16_judge(built):
     assert worst32 < worst16 <= 5e-3  # half weights are visible, within fp16's tolerance
 
 
-def test_tiny_model_restores_photos_in_cells_as_the_torch_runner_does(tiny, built):
-    """The reference tiling against the reference itself: tests/test_conformance.py (every backend)."""
-    tiling = "cells"
-    reference = Engine(TorchRunner("tiny", 1, net=tiny.net), TINY, tiling)
-    with load(built["fp32"], backend="ncnn", threads=1, tiling=tiling) as engine:
-        assert engine.runner.backend == "ncnn"
-        for path in PHOTOS:
-            image = photo(path).astype(np.float32) / 255
-            same, worst = agreement(to_uint8(engine.restore(image)), to_uint8(reference.restore(image)))
-            assert same >= 0.99 and worst <= 1, (path.name, tiling, same, worst)
-
-
 def test_bundled_sr_x2_restores_through_the_cli_as_the_reference_does(tmp_path):
     loaded = load_model("sr-x2")
     export(loaded, tmp_path / "out", "ncnn", options())
