@@ -2,7 +2,7 @@
 that are multiples of every NCHWc block), exported once for each backend's target in the form ``auto`` gives
 it, restores real photos as the PyTorch reference's whole-image evaluation does (the trainer's overlapping,
 reflect-padded patches, blended; :mod:`nsr_deploy.models.reference`), within the documented fp32
-tolerance; its 8-bit output within docs/contract.md's pass rule. The photos: CSet5 butterfly (256 x 256)
+tolerance; its 8-bit output (on the crop) within docs/contract.md's pass rule. The photos: CSet5 butterfly (256 x 256)
 and CSet14 face (276 x 276), both cut into patches, and a crop below four patches, run as one patch.
 
 A backend that cannot run here is skipped with the reason its runtime gives; none is emulated.
@@ -69,11 +69,12 @@ def test_backend_restores_real_photos_as_the_reference_does(backend, device_expo
             assert got.shape == want.shape == (image.shape[0] * 2, image.shape[1] * 2, 3), name
             worst = float(np.abs(got - want).max())
             assert worst <= limit, f"{backend} on {name}: max abs {worst:.2e} from the reference (limit {limit:g})"
-            eight_bit = engine.restore(image)
-            assert eight_bit.dtype == np.uint8 and within_contract_tolerance(eight_bit, to_uint8(want.copy())), name
+            if name == "butterfly-crop":  # the 8-bit path once: the same engine call, converted at both ends
+                eight_bit = engine.restore(image)
+                assert eight_bit.dtype == np.uint8 and within_contract_tolerance(eight_bit, to_uint8(want.copy()))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", EXPORTED_BACKENDS)  # the reference runner against itself proves nothing
 def test_backend_restores_real_photos_in_cells_as_the_reference_runner_does(backend, device_exports, photos,
                                                                             tmp_path_factory):
     """The cell grid (tiling ``cells``: the host's fixed-size, overlap-free windows) through each backend

@@ -74,8 +74,9 @@ def cli_options() -> dict[str, list[str]]:
 
     options = {"": [opt for param in main.params for opt in (*param.opts, *param.secondary_opts)]}
     for name, command in main.commands.items():
-        options[name] = [opt for param in command.params if isinstance(param, click.Option)
-                         for opt in (*param.opts, *param.secondary_opts)]
+        options[name] = [opt for param in command.params if isinstance(param, click.Option) and not param.hidden
+                         for opt in (*param.opts, *param.secondary_opts)
+                         if opt not in getattr(param, "quiet_aliases", ())]  # kept working, not shown
     return options
 
 

@@ -14,6 +14,7 @@ import sys
 import click
 
 from nsr_deploy.bench.settings import BACKENDS, CONV_FORMS, DEFAULT_CONV_FORMS, DEFAULT_SUITES, SUITES
+from nsr_deploy.core.click_alias import QuietAliasOption
 from nsr_deploy.core.errors import NSRError, user_errors
 
 
@@ -119,7 +120,8 @@ def build_settings(device, backends, suites, threads, quick, paper, conv_forms, 
 
 @click.command(cls=BenchCommand)
 @click.option("--device", default="cpu", show_default=True, help="Where engines run (cpu; TensorRT would be gpu).")
-@click.option("--model", "-M", "model", metavar="NAME|PATH", default=None,
+@click.option("--model", "-m", "-M", "model", metavar="NAME|PATH", default=None, cls=QuietAliasOption,
+              quiet_aliases=("-M",),
               help="Bundled model name or checkpoint (default: the bundled sr-x2).")
 @click.option("--backends", default=",".join(BACKENDS), show_default=True,
               help="Comma list; unavailable ones are listed as skipped, with why.")

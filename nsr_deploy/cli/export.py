@@ -118,8 +118,10 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
     for name, why in manifest.get("skipped_targets", {}).items():
         click.echo(f"skipped {name}: {why}")
     # an engine's weights file (OpenVINO's .bin, ncnn's .bin) ships with it: name both
-    files = ", ".join(f for t in manifest["targets"].values() for f in (t["file"], t.get("weights")) if f)
-    click.echo(f"wrote {out}/ ({files}, nsr.json)")
+    files = [f for t in manifest["targets"].values() for f in (t["file"], t.get("weights")) if f]
+    if isinstance(manifest.get("conformance"), dict):  # the vectors an app checks itself against
+        files.append(f"{manifest['conformance']['folder']}/")
+    click.echo(f"wrote {out}/ ({', '.join(files)}, nsr.json)")
     for name, places in manifest.get("runs_on", {}).items():
         for place in places:
             click.echo(f"runs on ({manifest['targets'][name]['file']}): {place}")

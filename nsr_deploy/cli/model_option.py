@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
+from nsr_deploy.core.click_alias import QuietAliasOption
 from nsr_deploy.core.errors import NSRError
 
 
 def model_argument(fn):
     """``[CKPT]`` positional or ``--model NAME``; the bundled default when neither is given."""
-    fn = click.option("--model", "-M", "model_name", metavar="NAME",
-                      help="A bundled model by name (see `nsr-deploy models`).")(fn)
+    fn = click.option("--model", "-m", "-M", "model_name", metavar="NAME", cls=QuietAliasOption,
+                      quiet_aliases=("-M",), help="A bundled model by name (see `nsr-deploy models`).")(fn)
     fn = click.option("--patch-size", type=click.IntRange(min=8), default=None,
                       help="Pooling patch size (reference lr_patch_size; default 48).")(fn)
     fn = click.option("--image-mean", type=float, default=None,

@@ -63,5 +63,12 @@ def restore(inputs, model, output, backend, tiling, threads, tile_batch, suffix,
     jobs = plan_jobs(list(inputs), output, suffix)
     if workers and ray_address is None:
         raise NSRError("--workers needs --ray")
+    if model is None:
+        from nsr_deploy.runtimes import backend_unavailable
+
+        if backend_unavailable("torch"):  # a runtime-only install: the bundled checkpoint cannot run here
+            raise NSRError(f"no -m given, and the default model ({DEFAULT_MODEL}) is a checkpoint that runs on "
+                           f"PyTorch, which is not installed here: pass -m EXPORT_FOLDER (made by `nsr-deploy "
+                           f"export`), or pip install 'nsr-deploy[export]'")
     sys.exit(restore_command(jobs, model or DEFAULT_MODEL, backend, threads, tiling, tile_batch, as_json,
                              ray_address, workers))

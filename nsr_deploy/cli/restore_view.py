@@ -20,6 +20,7 @@ class OutcomeView:
 
         self.as_json = as_json
         self.bar = tqdm(total=total, desc="restore", unit="img", disable=as_json or not sys.stderr.isatty())
+        self.repeats: dict[str, int] = {}  # warning text -> how many more images had it after the first
 
     def show(self, outcome: dict) -> None:
         self.bar.update(1)
@@ -27,10 +28,19 @@ class OutcomeView:
             return
         self.bar.write(*outcome_line(outcome))
         for warning in outcome.get("warnings", []):
+            # a folder of grey photos would say the same thing once per file: the first one names it,
+            # the rest are counted and summed up at the end
+            if warning in self.repeats:
+                self.repeats[warning] += 1
+                continue
+            self.repeats[warning] = 0
             self.bar.write(f"warning: {outcome['input']}: {warning}", file=sys.stderr)
 
     def close(self) -> None:
         self.bar.close()
+        for warning, more in self.repeats.items():
+            if more:
+                click.echo(f"warning: {warning}: also on {more} more image{'s' * (more > 1)}", err=True)
 
 
 def outcome_line(o: dict) -> tuple:

@@ -34,13 +34,13 @@ from nsr_deploy.core.capabilities import (
 )
 
 
-def auto_form(config, targets: list[str] | tuple[str, ...] = ("onnx",)) -> tuple[str, str]:
-    """The conv form for ``model.onnx`` and the reason, for a model ``config`` exported to ``targets``."""
+def auto_form(config) -> tuple[str, str]:
+    """The conv form for ``model.onnx`` and the reason, for a model ``config`` (whatever targets are built
+    beside it: ``model.onnx`` is the portable file of every export)."""
     if not config.sparse:
         return AUTO_DENSE_FORM, "dense model: no per-patch conv, every form is one graph; matmul's batch is dynamic"
-    runtimes = ", ".join(t for t in targets if t != "onnx") or "onnx"
-    return AUTO_SPARSE_FORM, (f"sparse model for {runtimes}: grouped is standard ONNX every runtime runs, the "
-                              "fastest portable form on CPUs, and what ONNX Runtime specialises to NCHWc at load")
+    return AUTO_SPARSE_FORM, ("sparse model: grouped is standard ONNX every runtime runs, the fastest portable "
+                              "form on CPUs, and what ONNX Runtime specialises to NCHWc at load")
 
 
 def openvino_form(config, conv_form: str) -> tuple[str | None, str | None]:
@@ -48,7 +48,7 @@ def openvino_form(config, conv_form: str) -> tuple[str | None, str | None]:
     if conv_form in OPENVINO_ONLY_FORMS:
         return conv_form, "asked for"
     if conv_form == AUTO_FORM and config.sparse:
-        return OPENVINO_AUTO_SPARSE_FORM, ("sparse model for openvino: built from OpenVINO opsets with the patch batch "
+        return OPENVINO_AUTO_SPARSE_FORM, ("sparse model: built from OpenVINO opsets with the patch batch "
                                            "folded into channels head to tail (no layout Reorders around the per-patch "
                                            "convs; bias, ReLU and residual on one tensor)")
     return None, None

@@ -64,6 +64,16 @@ def test_bad_input_is_one_line_exit_2(tmp_path, content):
     assert "Traceback" not in proc.stderr
 
 
+def test_model_short_option_is_m_everywhere_and_the_old_M_still_works():
+    runner = CliRunner()
+    for name in ("inspect", "export", "restore", "bench"):
+        shown = runner.invoke(main, [name, "--help"]).output
+        assert "-m, --model" in shown and "-M" not in shown, name
+    old, new = (runner.invoke(main, ["inspect", flag, "denoise-s25", "--json"]) for flag in ("-M", "-m"))
+    assert old.exit_code == new.exit_code == 0 and old.output == new.output
+    assert json.loads(new.output)["source"].endswith("denoise-s25.safetensors")
+
+
 def test_checkpoint_and_model_together_is_refused(edsr_nsr_x2):
     res = CliRunner().invoke(main, ["inspect", str(edsr_nsr_x2), "--model", "sr-x2"])
     assert res.exit_code == 2

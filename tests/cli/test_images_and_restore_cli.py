@@ -89,6 +89,23 @@ def test_restore_folder_with_a_bad_file(tmp_path, models):
     assert "broken.png" in bad["error"] and "not a readable image" in bad["error"]
 
 
+def test_a_warning_repeated_across_a_folder_is_printed_once_with_a_count(tmp_path, models):
+    """Grey photos given to a colour model: the first file is named, the rest counted; --json keeps each."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for path in sorted((DATA / "BSD68").iterdir())[:3]:
+        Image.open(path).convert("L").crop((0, 0, 40, 30)).save(src / path.with_suffix(".png").name)
+    proc = _cli("restore", str(src), "-m", str(models / "colour.safetensors"), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "grey image given to a colour model" in line]
+    first = sorted(src.iterdir())[0]
+    assert lines == [f"warning: {first}: grey image given to a colour model: converted to RGB",
+                     "warning: grey image given to a colour model: converted to RGB: also on 2 more images"]
+    proc = _cli("restore", str(src), "-m", str(models / "colour.safetensors"), "-o", str(tmp_path / "out2"), "--json")
+    report = json.loads(proc.stdout)
+    assert [len(r["warnings"]) for r in report["images"]] == [1, 1, 1]
+
+
 def test_restore_never_overwrites_an_input(tmp_path, models):
     img = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(img)

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import ROOT, data_image, decisive_net
 from nsr_deploy.core.config import NSRConfig
@@ -62,3 +63,11 @@ def test_runtime_extra_alone_restores_through_onnxruntime_and_openvino(tmp_path)
             want = engine.restore(img)
         got = np.load(tmp_path / f"y-{backend}.npy")
         assert got.shape == (240, 300, 3) and np.abs(got.astype(int) - want.astype(int)).max() <= 1, backend
+    # restore without -m: the default is a checkpoint, which needs torch: one line saying what to do instead
+    Image.fromarray(img).save(tmp_path / "img.png")
+    proc = subprocess.run([str(python), "-m", "nsr_deploy.cli", "restore", str(tmp_path / "img.png"), "-o",
+                           str(tmp_path / "big.png")], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: no -m given") and "-m EXPORT_FOLDER" in proc.stderr
+    assert not (tmp_path / "big.png").exists()

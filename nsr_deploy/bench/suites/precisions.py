@@ -22,7 +22,7 @@ def openvino_auto_form(config) -> str:
     """The form ``--target openvino --conv-form auto`` gives this model's IR."""
     from nsr_deploy.exporters.form_rule import auto_form, openvino_form
 
-    return openvino_form(config, AUTO_FORM)[0] or auto_form(config, ("openvino",))[0]
+    return openvino_form(config, AUTO_FORM)[0] or auto_form(config)[0]
 
 
 def precision_specs(backends_used: tuple[str, ...], config) -> tuple[list[EngineSpec], dict[str, str]]:

@@ -87,7 +87,7 @@ def build(ctx) -> Artifact:
         if form == AUTO_FORM:
             from nsr_deploy.exporters.form_rule import auto_form
 
-            form, why = auto_form(loaded.config, ctx.targets)
+            form, why = auto_form(loaded.config)
             choice = {"auto": {"rule": why}}
         elif form == TUNE_FORM:
             from nsr_deploy.exporters.onnx.tune import choose_form
