@@ -122,6 +122,7 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
     if isinstance(manifest.get("conformance"), dict):  # the vectors an app checks itself against
         files.append(f"{manifest['conformance']['folder']}/")
     click.echo(f"wrote {out}/ ({', '.join(files)}, nsr.json)")
-    for name, places in manifest.get("runs_on", {}).items():
-        for place in places:
-            click.echo(f"runs on ({manifest['targets'][name]['file']}): {place}")
+    from nsr_deploy.exporters.runs_on import printed_lines
+
+    for line in printed_lines(manifest):
+        click.echo(line)

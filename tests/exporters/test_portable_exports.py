@@ -79,8 +79,11 @@ def test_export_says_where_the_folder_runs(exports):
     folder, stdout = exports[0]
     manifest = json.loads((folder / "nsr.json").read_text())
     assert set(manifest["runs_on"]) == set(manifest["targets"])
+    places = manifest["runs_on"]["onnx"]
     printed = [line for line in stdout.splitlines() if line.startswith("runs on (model.onnx)")]
-    assert len(printed) == len(manifest["runs_on"]["onnx"]) and "onnxruntime-web" in printed[0]
+    unverified = [line for line in stdout.splitlines() if line.startswith("not verified here (model.onnx)")]
+    assert len(printed) == len(places["verified"]) and len(unverified) == len(places["not_verified"]) > 0
+    assert any("onnxruntime-web" in line for line in printed) and all("[run by " in line for line in printed)
 
 
 def test_bare_onnx_file_loads_without_nsr_json_or_the_onnx_package(exports, tmp_path):

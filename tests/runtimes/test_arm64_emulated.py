@@ -21,17 +21,19 @@ from conftest import ROOT, agreement, data_image
 from nsr_deploy.exporters.pipeline import ExportOptions, export
 from nsr_deploy.models.checkpoint import load_model
 from nsr_deploy.runtimes import load
+from nsr_deploy.runtimes.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
-TARGETS = {"onnxruntime": "onnx", "openvino": "openvino", "ncnn": "ncnn"}  # backend -> the export it runs
+# backend -> the export folder it runs: the OpenVINO export carries the portable model.onnx too
+FOLDER = {"onnxruntime": "openvino", "openvino": "openvino", "ncnn": "ncnn"}
 RESTORE = """
 import json, platform, sys
 import numpy as np
 from nsr_deploy.runtimes import load
 root, image = sys.argv[1], np.load(sys.argv[2])
 report = {"machine": platform.machine(), "runners": {}}
-for backend in sys.argv[3:]:
-    with load(f"{root}/{backend}", backend=backend, threads=2) as engine:
+for backend, folder in json.loads(sys.argv[3]).items():
+    with load(f"{root}/{folder}", backend=backend, threads=2) as engine:
         np.save(f"{root}/{backend}-arm64.npy", engine.restore(image))
         report["runners"][backend] = engine.runner.describe()
 print(json.dumps(report, default=str))
@@ -57,11 +59,11 @@ def userland():
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """backend -> sr-x2 exported for it here on x86 (patch batch 2), and the 64 x 64 crop of a real photo."""
+    """sr-x2 exported here on x86 (patch batch 2) into ``FOLDER``'s folders, and a 64 x 64 crop of a real photo."""
     root = tmp_path_factory.mktemp("arm64")
     loaded = load_model("sr-x2")
-    for backend, target in TARGETS.items():
-        export(loaded, root / backend, target, ExportOptions(patch_batch=2, threads=2, show_progress=False))
+    for target in sorted(set(FOLDER.values())):
+        export(loaded, root / target, target, ExportOptions(patch_batch=2, threads=2, show_progress=False))
     crop = np.ascontiguousarray(data_image("CSet5", 2)[96:160, 96:160])
     np.save(root / "crop.npy", crop)
     Image.fromarray(crop).save(root / "crop.png")
@@ -81,15 +83,20 @@ def _same(got: np.ndarray, want: np.ndarray) -> None:
 
 def test_every_arm64_export_restores_as_on_x86_under_emulation(userland, exports):
     root, crop = exports
-    proc = userland.run("-c", RESTORE, str(root), str(root / "crop.npy"), *TARGETS, paths=(ROOT,),
+    proc = userland.run("-c", RESTORE, str(root), str(root / "crop.npy"), json.dumps(FOLDER), paths=(ROOT,),
                         HOME=str(root), NSR_DEPLOY_CACHE=str(root / "cache"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["machine"] == "aarch64"
-    for backend in TARGETS:
+    assert set(report["runners"]) == set(FOLDER)
+    # what runs_on claims for ARM64 (exporters/runs_on.py): the grouped ONNX model, the fp32 IR and ncnn files
+    targets = {**read_manifest(root / "openvino")["targets"], **read_manifest(root / "ncnn")["targets"]}
+    assert targets["onnx"]["conv_form"] == "grouped"
+    assert targets["openvino"]["precision"] == targets["ncnn"]["precision"] == "fp32"
+    for backend, folder in FOLDER.items():
         got = np.load(root / f"{backend}-arm64.npy")
-        assert got.shape == (128, 128, 3), backend
-        _same(got, _x86(root / backend, backend, crop))
+        assert got.shape == (128, 128, 3) and report["runners"][backend]["backend"] == backend
+        _same(got, _x86(root / folder, backend, crop))
     # ONNX Runtime's load-time NCHWc rewrite is x86-only: on ARM it declines, saying why, and the portable
     # model runs
     nchwc = report["runners"]["onnxruntime"]["specialisation"]
@@ -98,10 +105,11 @@ def test_every_arm64_export_restores_as_on_x86_under_emulation(userland, exports
 
 
 def test_cli_restore_on_arm64_writes_the_x86_image(userland, exports):
+    """`nsr-deploy restore` itself on ARM64 (ncnn: the quickest engine under emulation), PNG in, PNG out."""
     root, crop = exports
     out = root / "big-arm64.png"
-    proc = userland.run("-m", "nsr_deploy.cli", "restore", str(root / "crop.png"), "-m", str(root / "onnxruntime"),
-                        "-o", str(out), "--threads", "2", paths=(ROOT,), HOME=str(root),
+    proc = userland.run("-m", "nsr_deploy.cli", "restore", str(root / "crop.png"), "-m", str(root / "ncnn"),
+                        "--backend", "ncnn", "-o", str(out), "--threads", "2", paths=(ROOT,), HOME=str(root),
                         NSR_DEPLOY_CACHE=str(root / "cache"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _same(np.asarray(Image.open(out)), _x86(root / "onnxruntime", "onnxruntime", crop))
+    _same(np.asarray(Image.open(out)), _x86(root / "ncnn", "ncnn", crop))

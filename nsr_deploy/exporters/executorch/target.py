@@ -43,13 +43,6 @@ MIN_SIDE = 8
 MAX_SIDE = 512  # XNNPACK sizes its workspace for the largest window: sr-x2 69 MiB at 256, 980 MiB at 1024
 # the deploy modules whose ops are a sparse layer's (nn_module_stack names them on every node)
 SPARSE_MODULES = ("ScaledMixConv", "DeploySparseConv")
-DEVICES = {
-    "verified_here": "x86-64 CPU through the XNNPACK delegate (ExecuTorch's Python runtime), by the export gate",
-    "not_verified": ["ARM CPU (XNNPACK on phones and boards)", "Core ML, QNN, Vulkan delegates (not built)"],
-    "serves": "any ExecuTorch runtime built with the XNNPACK backend: Android, iOS, Linux; ARM and x86 CPUs",
-}
-
-
 def unavailable() -> str | None:
     from nsr_deploy.runtimes.executorch.runner import unavailable as runtime_unavailable
 
@@ -65,11 +58,19 @@ def unavailable() -> str | None:
 
 
 
-def runs_on(entry: dict, tools: dict) -> list[str]:
+def runs_on(entry: dict, tools: dict) -> list:
     """Where the ``.pte`` runs: an ExecuTorch runtime with the delegate it was lowered for (XNNPACK)."""
+    from nsr_deploy.exporters import runs_on as r
+
     side = (entry.get("size") or {}).get("max_side")
-    return [f"ExecuTorch >= {tools.get('executorch')} built with the XNNPACK backend (Android, iOS, Linux; ARM64 and "
-            f"x86-64 CPUs), {entry.get('io_dtype')} in and out, one patch per call, sides up to {side}"]
+    what = f"{entry.get('io_dtype')} in and out, one patch per call, sides up to {side}"
+    return [r.verified(f"ExecuTorch {tools.get('executorch')} (Python runtime, XNNPACK) on the CPU it was exported "
+                       f"on; {what}", r.GATE),
+            r.verified("ExecuTorch's Python runtime (XNNPACK) on x86-64 CPUs", r.CONFORMANCE),
+            r.unverified("ExecuTorch on ARM64 (Android, iOS, Linux boards) and its Core ML / QNN / Vulkan delegates",
+                         "ExecuTorch's Python runtime needs torch, not run under emulation here; the other "
+                         "delegates are not built")]
+
 
 def validate_options(options) -> None:
     """Refuse what this target cannot honour before any work (the pipeline calls it up front)."""
@@ -195,5 +196,4 @@ def _target_entry(path: Path, data: bytes, precision: str, form: str, found: dic
         "size": {"dynamic": True, "min_side": MIN_SIDE, "max_side": max_side},
         "io_dtype": "float16" if precision == "fp16" else "float32",
         "delegation": found,
-        "devices": DEVICES,
     }

@@ -41,14 +41,10 @@ PRECISIONS = PRECISIONS_OF_TARGET["ncnn"]
 WEIGHTS_STORED = {"fp32": "f32", "fp16": ("f16 for the constant conv / InnerProduct weights (computed in f32 by "
                                           "the runner); the sparse convs' stacked kernels stay f32")}
 CONVERT_SECONDS = 600
-DEVICES = {
-    "verified_here": "x86-64 CPU (ncnn CPU path, fp16/bf16 storage and fp16 arithmetic off), by the export gate",
-    "not_verified": ["Vulkan GPU (desktop, Android)", "ARM CPU (NEON: phones, boards)"],
-    "serves": "any ncnn build: x86 / ARM CPUs, Vulkan GPUs",
-    "parity_note": ("ncnn enables fp16 storage / arithmetic by default where the device has them (ARMv8.2, "
-                    "Vulkan); set opt.use_fp16_storage / use_fp16_packed / use_fp16_arithmetic / "
-                    "use_bf16_storage = false for the fp32 results the gate checked"),
-}
+# what an app embedding ncnn must set to get the fp32 results the gate checked
+APP_SETTINGS = ("ncnn enables fp16 storage / arithmetic by default where the device has them (ARMv8.2, Vulkan); "
+                "set opt.use_fp16_storage / use_fp16_packed / use_fp16_arithmetic / use_bf16_storage = false for "
+                "the fp32 results the gate checked")
 
 
 def unavailable() -> str | None:
@@ -60,6 +56,23 @@ def unavailable() -> str | None:
         except ImportError:
             return f"{module} is not installed (pip install 'nsr-deploy[ncnn]')"
     return runtime_unavailable()
+
+
+def runs_on(entry: dict, tools: dict) -> list:
+    """Where the ``.param`` / ``.bin`` pair runs: ncnn's CPU path here and under ARM64 emulation."""
+    from nsr_deploy.exporters import runs_on as r
+
+    precision = entry.get("precision")
+    places = [r.verified(f"ncnn {tools.get('ncnn')} CPU path on the CPU it was exported on, precision {precision} "
+                         "(fp16 storage and arithmetic off)", r.GATE),
+              r.verified("ncnn's CPU path on x86-64 CPUs", r.CONFORMANCE)]
+    if precision == "fp32":
+        places.append(r.verified(f"ncnn's CPU path (NEON) on {r.ARM64_WHERE}", r.ARM64))
+    else:
+        places.append(r.unverified("ncnn on ARM64 CPUs", f"the emulated ARM64 run executes the fp32 files, not "
+                                   f"{precision}"))
+    return [*places, r.unverified("ncnn's Vulkan GPU path (desktop, Android)", "not run here"),
+            r.unverified("ncnn builds other than the Python wheel (Android, iOS, C++)", "not run here")]
 
 
 def validate_options(options) -> None:
@@ -178,5 +191,5 @@ def _target_entry(path: Path, precision: str, form: str) -> dict:
         "weights_stored": WEIGHTS_STORED[precision],
         "execution_precision": "f32 (NcnnRunner turns ncnn's fp16 / bf16 storage and fp16 arithmetic off)",
         "layers": layer_counts(path),
-        "devices": DEVICES,
+        "app_settings": APP_SETTINGS,  # where it runs: runs_on
     }

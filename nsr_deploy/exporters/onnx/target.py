@@ -69,13 +69,34 @@ def unavailable() -> str | None:
 ORT_MIN = "1.17"  # the IR version / opset the export writes is one ONNX Runtime >= 1.17 reads
 
 
-def runs_on(entry: dict, tools: dict) -> list[str]:
-    """Where ``model.onnx`` runs (``nsr.json`` ``runs_on``; written by :mod:`nsr_deploy.exporters.runs_on`)."""
+def runs_on(entry: dict, tools: dict) -> list:
+    """Where ``model.onnx`` runs (``nsr.json`` ``runs_on``, written by :mod:`nsr_deploy.exporters.runs_on`)."""
+    from nsr_deploy.exporters import runs_on as r
+
+    ort = tools.get("onnxruntime", "")
     batch = f", fixed batch of {entry['static_batch']} patches" if entry.get("static_batch") else ""
-    return [f"ONNX Runtime >= {ORT_MIN} on any CPU (x86-64, ARM64) or GPU: Python, C/C++, C#, Java, Node.js "
-            f"(onnxruntime-node), browsers (onnxruntime-web, WebAssembly); IR version {entry.get('ir_version')}{batch}",
-            "ONNX Runtime on x86 CPUs: rewritten at load into its blocked NCHWc form for that CPU (cached)",
-            "any other ONNX runtime with the standard ops (Conv, MatMul, Softmax, ReduceMean, DepthToSpace)"]
+    places = [r.verified(f"ONNX Runtime {ort} on the CPU it was exported on{batch}", r.GATE),
+              r.verified("ONNX Runtime (Python) on x86-64 CPUs", r.CONFORMANCE),
+              r.verified("ONNX Runtime on x86-64 CPUs, rewritten at load into its blocked NCHWc form for that CPU "
+                         "(cached)", "tests/runtimes/onnxruntime/test_ort_specialise.py::"
+                         "test_specialised_model_equals_the_portable_one"),
+              r.verified("the runtime-only install (no torch)", r.RUNTIME_EXTRA),
+              r.verified("ONNX Runtime's C++ API (examples/cpp)",
+                         "tests/examples/test_cpp_example.py::test_cpp_reproduces_the_conformance_vectors"),
+              r.verified("Node.js (onnxruntime-node) and browsers (onnxruntime-web, WebAssembly)",
+                         "tests/exporters/test_portable_exports.py::test_default_onnx_runs_in_onnxruntime_node_and_web")]
+    if entry.get("conv_form") == "grouped":  # the form the ARM64 run exports
+        places.append(r.verified(f"ONNX Runtime (Python) on {r.ARM64_WHERE}", r.ARM64))
+    else:
+        places.append(r.unverified("ONNX Runtime on ARM64 CPUs",
+                                   f"the emulated ARM64 run executes the grouped form, not {entry.get('conv_form')}"))
+    return [*places,
+            r.unverified(f"ONNX Runtime releases older than {ort} (IR version {entry.get('ir_version')} needs "
+                         f">= {ORT_MIN})", "only the installed release runs here"),
+            r.unverified("ONNX Runtime's GPU execution providers (CUDA, DirectML, CoreML)", "no GPU here"),
+            r.unverified("other ONNX runtimes and the C# / Java bindings", "not run here; the graph uses standard ops "
+                         "only (Conv, MatMul, Softmax, ReduceMean, DepthToSpace)")]
+
 
 def build(ctx) -> Artifact:
     """Pipeline step: ``model.onnx`` into ``ctx.folder``; the I/O contract the manifest starts with."""

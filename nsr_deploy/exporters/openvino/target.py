@@ -76,10 +76,22 @@ def unavailable() -> str | None:
 
 
 
-def runs_on(entry: dict, tools: dict) -> list[str]:
-    """Where the IR runs: the OpenVINO that wrote it or newer."""
-    return [f"OpenVINO >= {tools.get('openvino')} on x86-64 (Intel, AMD) and ARM64 CPUs, precision "
-            f"{entry.get('precision')}"]
+def runs_on(entry: dict, tools: dict) -> list:
+    """Where the IR runs: the OpenVINO that wrote it or newer, on the CPU plugins run here."""
+    from nsr_deploy.exporters import runs_on as r
+
+    precision, ov = entry.get("precision"), tools.get("openvino")
+    places = [r.verified(f"OpenVINO {ov} CPU plugin on the CPU it was exported on, precision {precision}", r.GATE)]
+    if precision == "fp32":
+        places.append(r.verified("OpenVINO's CPU plugin on x86-64 CPUs", r.CONFORMANCE))
+        places.append(r.verified("the runtime-only install (no torch)", r.RUNTIME_EXTRA))
+        places.append(r.verified(f"OpenVINO's ARM CPU plugin on {r.ARM64_WHERE}", r.ARM64))
+    else:
+        places.append(r.unverified("OpenVINO's ARM CPU plugin on ARM64 CPUs",
+                                   f"the emulated ARM64 run executes the fp32 IR, not {precision}"))
+    return [*places, r.unverified(f"OpenVINO releases newer than {ov}, and its GPU / NPU plugins",
+                                  "only the installed release and the CPU plugin run here")]
+
 
 def validate_options(options) -> None:
     """Refuse what this target cannot honour before any work (the pipeline calls it up front)."""

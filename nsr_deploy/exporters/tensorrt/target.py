@@ -58,10 +58,15 @@ def unavailable() -> str | None:
 
 
 
-def runs_on(entry: dict, tools: dict) -> list[str]:
+def runs_on(entry: dict, tools: dict) -> list:
     """Where the engine runs: tied to the TensorRT version and the GPU model it was built with."""
+    from nsr_deploy.exporters import runs_on as r
+
     gpu = entry.get("gpu") or tools.get("gpu") or "the GPU it was built on"
-    return [f"TensorRT {tools.get('tensorrt')} on {gpu} only (engines are tied to the TensorRT version and GPU model)"]
+    return [r.verified(f"TensorRT {tools.get('tensorrt')} on {gpu}", r.GATE),
+            r.unverified("other GPU models or TensorRT versions",
+                         "an engine is tied to the TensorRT version and GPU model that built it: rebuild it there")]
+
 
 def validate_options(options) -> None:
     """Refuse options this target cannot honour, before any work (the pipeline may call it up front)."""

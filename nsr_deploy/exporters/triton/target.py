@@ -80,9 +80,15 @@ def unavailable() -> str | None:
 
 
 
-def runs_on(entry: dict, tools: dict) -> list[str]:
+def runs_on(entry: dict, tools: dict) -> list:
     """A model repository: wherever a Triton server with the backends of its engines runs."""
-    return ["Triton Inference Server, with the backends of the engines it holds"]
+    from nsr_deploy.exporters import runs_on as r
+
+    return [r.verified("the repository layout and config.pbtxt, checked against Triton's documented schema",
+                       "tests/exporters/triton/test_triton.py::test_configs_parse_as_triton_modelconfig_and_match_the_engines"),
+            r.unverified("a Triton Inference Server serving it", "no container engine here to run the server "
+                         "(set NSR_TRITON_URL to run the live test against one)")]
+
 
 # -- config text ---------------------------------------------------------------------------------
 def model_name(base: str, target: str) -> str:

@@ -55,8 +55,9 @@ def test_fp32_export_is_fully_delegated_gated_and_states_what_was_verified(built
     found = entry["delegation"]
     assert found["delegated_fraction"] == 1.0 and found["not_delegated"] == {} and found["sparse_fallback"] == {}
     assert found["delegated_ops"] == found["ops"] > 10 * TINY.num_blocks
-    assert "x86" in entry["devices"]["verified_here"]
-    assert any("ARM" in d for d in entry["devices"]["not_verified"])
+    places = manifest["runs_on"]["executorch"]
+    assert any("x86-64" in p["where"] for p in places["verified"])
+    assert any("ARM64" in p["where"] and p["why"] for p in places["not_verified"])
     parity = manifest["parity"]["executorch/fp32"]
     assert parity["passed"] and {c["check"] for c in parity["checks"]} == {"random_patches", "real_image"}
     assert all(c["max_abs"] <= 1e-4 for c in parity["checks"])

@@ -50,7 +50,9 @@ def test_fp32_export_passes_its_gate_and_states_what_was_verified(built):
     assert entry["file"] == "model.ncnn.param" and entry["weights"] == "model.ncnn.bin"
     assert entry["static_batch"] is None and entry["conv_form"] == "grouped"
     assert entry["layers"]["Convolution"] >= TINY.num_blocks * 2  # the runtime-weight convs stay convs
-    assert "x86" in entry["devices"]["verified_here"] and any("Vulkan" in d for d in entry["devices"]["not_verified"])
+    places = manifest["runs_on"]["ncnn"]
+    assert any("x86-64" in p["where"] for p in places["verified"]) and "use_fp16_storage" in entry["app_settings"]
+    assert any("ARM64" in p["where"] and p["by"].startswith("tests/runtimes/test_arm64") for p in places["verified"])
     parity = manifest["parity"]["ncnn/fp32"]
     assert parity["passed"] and {c["check"] for c in parity["checks"]} == {"random_patches", "real_image"}
     assert all(c["max_abs"] <= 1e-4 for c in parity["checks"])

@@ -215,7 +215,7 @@ def test_auto_decides_by_rule_and_ships_a_portable_model(tmp_path):
     model = onnx.load(str(tmp_path / "s" / "model.onnx"))
     assert {o.domain for o in model.opset_import} == {""} and {n.domain for n in model.graph.node} <= {""}
     assert model.ir_version == 8 and target["ir_version"] == 8  # opset 17's IR: ONNX Runtime >= 1.13 reads it
-    assert any("Node.js" in line for line in m["runs_on"]["onnx"])
+    assert any("Node.js" in p["where"] for p in m["runs_on"]["onnx"]["verified"])
     m = export_onnx(make_loaded(dense), tmp_path / "d", "auto", 4, show_progress=False)
     assert m["targets"]["onnx"]["conv_form"] == "matmul" and m["io"]["static_batch"] is None
 
