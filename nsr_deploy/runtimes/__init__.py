@@ -163,6 +163,11 @@ def load(path, backend: str = "auto", threads: int | None = None, tiling: str = 
         runner = runner_class(want)(str(p), threads, files=files)
         return Engine(runner, manifest_config(manifest, str(p)), tiling, tile_batch, manifest)
     # anything else: a checkpoint or bundled model, run by the PyTorch reference
+    from nsr_deploy.assets import bundled_names
+
+    if not p.exists() and str(path) not in bundled_names():
+        raise NSRError(f"{p}: no such export folder, engine file, checkpoint or bundled model "
+                       f"({', '.join(bundled_names())})")
     if backend not in ("auto", REFERENCE_BACKEND):
         raise NSRError(f"{p}: a checkpoint runs on the torch backend only (export it for {backend})")
     cls = runner_class(REFERENCE_BACKEND)

@@ -128,3 +128,8 @@ def test_restore_bad_model_is_one_line(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(img)
     proc = _cli("restore", str(img), "-m", str(tmp_path / "nope"), "-o", str(tmp_path / "o.png"))
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and proc.stderr.count("\n") == 1
+    assert "no such export folder, engine file, checkpoint or bundled model (denoise-s25" in proc.stderr
+    for backend in ("onnxruntime", "ncnn"):  # named with a backend: still what is missing, not "a checkpoint"
+        proc = _cli("restore", str(img), "-m", str(tmp_path / "nope"), "--backend", backend, "-o",
+                    str(tmp_path / "o.png"))
+        assert proc.returncode == 2 and "no such export folder" in proc.stderr, proc.stderr
