@@ -8,7 +8,7 @@ What it builds, under ``~/.cache/nsr-deploy/arm64/`` (``NSR_DEPLOY_ARM64_CACHE``
 
 * ``qemu/``: Debian 13's ``qemu-user`` (qemu 10.0, statically linked: it runs on any x86-64 Linux), fetched
   by ``apt-get download`` and unpacked with ``dpkg -x``; nothing is installed on the system. Debian 12's
-  qemu 7.2 crashes loading ONNX Runtime 1.20 and newer (docs/notes/arm64-emulation.md);
+  qemu 7.2 crashes loading ONNX Runtime 1.28 and newer (docs/notes/arm64-emulation.md);
 * ``root/``: the arm64 Debian 12 packages of Python 3.11 and the C/C++ runtime libraries the wheels need,
   resolved and fetched by apt with a private state folder and sources list (the system's apt setup and
   dpkg architectures are not touched), unpacked with ``dpkg -x``;

@@ -188,7 +188,8 @@ def specialise(data: bytes, batch: int, threads: int | None = None, portable_ses
         return Specialised(batch=batch, why="a dense model: ONNX Runtime blocks its convs itself", quiet=True)
     block = mlas_block_size()
     if block <= 1:
-        return Specialised(batch=batch, why="this ONNX Runtime has no NCHWc kernels on this CPU")
+        # ARM, or an x86 CPU without AVX2: the portable model is all ONNX Runtime has there, nothing is lost
+        return Specialised(batch=batch, why="this ONNX Runtime has no NCHWc kernels on this CPU", quiet=True)
     source_sha = hashlib.sha256(data).hexdigest()
     target = cache_dir() / cache_key(source_sha, ort.__version__, block, batch)
     expected = _expected_record(source_sha, ort.__version__, block, batch)

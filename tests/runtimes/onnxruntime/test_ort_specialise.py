@@ -76,6 +76,18 @@ def test_another_block_size_falls_back_to_the_portable_model(tmp_path, monkeypat
         assert np.array_equal(blocked.infer(x, valid), portable.infer(x, valid))
 
 
+def test_a_cpu_without_nchwc_kernels_runs_the_portable_model_quietly(tmp_path, monkeypatch):
+    """ARM, or x86 without AVX2: the portable model is all ONNX Runtime has there. No warning (nothing is
+    lost), and the runner's description says why the rewrite did not happen."""
+    _, folder = _export(tmp_path, SPARSE)
+    monkeypatch.setattr(nchwc_probe, "mlas_block_size", lambda: 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpecialisationWarning)
+        with OrtRunner(str(folder / "model.onnx"), threads=1) as runner:
+            assert runner.specialisation["nchwc"] is False
+            assert runner.specialisation["why_not"] == "this ONNX Runtime has no NCHWc kernels on this CPU"
+
+
 @needs_nchwc
 def test_whole_small_image_computes_its_own_pixels(tmp_path):
     """150x150 is below 4 x patch: one patch. Through the static batch of 4 it used to cost 4x (16x at
