@@ -125,7 +125,7 @@ def _fetch_debs(arch: str, packages: tuple[str, ...], with_dependencies: bool, d
            "-o", f"Dir::Etc::SourceList={state}/sources.list", "-o", "Dir::Etc::SourceParts=/nonexistent",
            "-o", "Dir::State::status=/dev/null", "-o", f"APT::Architecture={arch}",
            "-o", f"APT::Architectures::={arch}", "-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root"]
-    _check([*apt, "update"], f"apt-get update ({arch} lists)")
+    _check([*apt, "update", "--error-on=any"], f"apt-get update ({arch} lists; no network to {MIRRORS[0]}?)")
     if with_dependencies:  # an empty dpkg status: the whole closure, libc included
         _check([*apt, "install", "--download-only", "-y", "--no-install-recommends", *packages],
                f"apt-get download of {', '.join(packages)} ({arch})")
