@@ -5,8 +5,9 @@
     print(report.render()); report.write_json("bench.json")
 
 One run: resolve backends (unavailable ones become skipped entries), load the model if a suite needs
-it, measure the sgemm rate, then every suite's configurations under one progress bar, with the same
-thread count for every backend. Engines and graphs live in a temporary folder removed at the end.
+it, measure the sgemm rate, then each suite's configurations in turn (its tables handed to ``on_text``
+as soon as it ends), with the same thread count for every backend. Engines and graphs live in a
+temporary folder removed at the end.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -55,8 +57,13 @@ def model_summary(loaded) -> dict:
             **loaded.config.summary()}
 
 
-def run_bench(settings: BenchSettings | None = None, model=None, command: str = "run_bench()") -> BenchReport:
-    """Run the suites of ``settings`` on ``model`` (LoadedModel, bundled name or path); the report."""
+def run_bench(settings: BenchSettings | None = None, model=None, command: str = "run_bench()",
+              on_text: Callable[[str], None] | None = None) -> BenchReport:
+    """Run the suites of ``settings`` on ``model`` (LoadedModel, bundled name or path); the report.
+
+    ``on_text``, when given, receives the report's blocks as they become known: the heading once the
+    machine is described, each suite's tables as soon as that suite ends (the CLI prints them, so a long
+    run talks while it works); :meth:`BenchReport.render` with ``streamed=True`` is then the rest."""
     settings = (settings or BenchSettings()).validate()
     t0 = time.perf_counter()
     backends = resolve_backends(settings.backends, settings.device)
@@ -68,25 +75,38 @@ def run_bench(settings: BenchSettings | None = None, model=None, command: str = 
             ctx.factory = EngineFactory(loaded, settings.threads, ctx.scratch, settings.model.patch_batch,
                                         settings.opset)
         ctx.machine = machine_facts(settings.threads)
+        data = {"format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "command": command, "preset": settings.mode, "settings": settings.as_dict(), "machine": ctx.machine,
+                "model": model_summary(loaded) if loaded is not None else None,
+                "backends": backends.as_dict(settings.threads)}
+        if on_text:
+            on_text("\n".join(BenchReport(data).heading(busy_note=False)))
         classes = suite_classes()
         suites = [classes[name](ctx) for name in settings.suites]
-        jobs = [Job("sgemm rate", lambda: setattr(ctx, "sgemm", sgemm_rate(settings.threads, settings.sgemm_size)))]
-        jobs += [job for suite in suites for job in suite.jobs()]
-        spent, crashed = run_jobs(jobs, settings.progress)
-        ctx.machine["load_average_end"] = load_average()
+        sgemm = Job("sgemm rate", lambda: setattr(ctx, "sgemm", sgemm_rate(settings.threads, settings.sgemm_size)))
+        loads = [ctx.machine.get("load_average_start")]
+        spent, crashed = run_jobs([sgemm], settings.progress, loads)
+        tables, sections = [], {}
         ctx.machine["sgemm"] = ctx.sgemm
-        sections = {suite.name: suite.result() for suite in suites}
-        tables = [table for suite in suites for table in suite.tables()]
+        for suite in suites:  # one suite at a time, so that its table can be shown the moment it is done
+            more_spent, more_crashed = run_jobs(suite.jobs(), settings.progress, loads, suite.name)
+            spent, crashed = spent + more_spent, crashed + more_crashed
+            sections[suite.name] = suite.result()  # before its tables: they read what the result worked out
+            done = suite.tables()
+            tables += done
+            if on_text:
+                for table in done:
+                    on_text(table.render())
+        ctx.machine["load_average_end"] = load_average()
+        ctx.machine["load_average_peak"] = max((x for x in [*loads, ctx.machine["load_average_end"]] if x),
+                                               key=lambda x: x[0], default=None)
     figures = headline(sections)
+    streamed = len(tables)
     if figures:
         tables.append(headline_table(figures))
-    data = {"format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": command, "preset": settings.mode, "settings": settings.as_dict(), "machine": ctx.machine,
-            "model": model_summary(loaded) if loaded is not None else None,
-            "backends": backends.as_dict(settings.threads), "suites": sections,
-            "seconds": round(time.perf_counter() - t0, 1), "job_seconds": spent, "crashed": crashed,
-            "summary": figures, "passed": verdict(sections, crashed)}
-    return BenchReport(data, tables)
+    data.update({"suites": sections, "seconds": round(time.perf_counter() - t0, 1), "job_seconds": spent,
+                 "crashed": crashed, "summary": figures, "passed": verdict(sections, crashed)})
+    return BenchReport(data, tables, streamed)
 
 
 def verdict(sections: dict, crashed: list[dict]) -> bool | None:
@@ -96,26 +116,33 @@ def verdict(sections: dict, crashed: list[dict]) -> bool | None:
     return sections["parity"]["passed"] if "parity" in sections else None
 
 
-def run_jobs(jobs: list[Job], progress: bool) -> tuple[list[dict], list[dict]]:
-    """Every job in order under one progress bar on stderr (shown on a terminal only).
+def run_jobs(jobs: list[Job], progress: bool, loads: list | None = None, what: str = "bench"
+             ) -> tuple[list[dict], list[dict]]:
+    """Every job in order, with progress on stderr: a bar on a terminal, a plain line per job when piped.
 
     Returns the seconds each job took (building included: where the time went) and the jobs that
     crashed. Suites record expected failures (an engine that cannot be built) in their own rows; a
     crash is a bug, but one backend's crash should not throw away a long run: it is reported, with
-    its exception, and the run goes on.
+    its exception, and the run goes on. ``loads`` gets the load average after each job (the busy note
+    looks at the whole run, not only its start).
     """
     from tqdm import tqdm
 
-    bar = tqdm(jobs, desc="bench", unit="config", file=sys.stderr, disable=None if progress else True,
-               leave=False, dynamic_ncols=True)
+    tty = sys.stderr.isatty()
+    bar = tqdm(jobs, desc=what, unit="config", file=sys.stderr, disable=not (progress and tty), leave=False,
+               dynamic_ncols=True)
     spent, crashed = [], []
-    for job in bar:
+    for i, job in enumerate(bar, start=1):
         bar.set_postfix_str(job.label, refresh=True)
+        if progress and not tty:
+            print(f"{what} [{i}/{len(jobs)}] {job.label}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         try:
             job.run()
         except Exception as e:  # reported with the results, never swallowed
             crashed.append({"job": job.label, "error": f"{type(e).__name__}: {str(e).strip()[:300]}"})
         spent.append({"job": job.label, "seconds": round(time.perf_counter() - t0, 2)})
+        if loads is not None:
+            loads.append(load_average())
     bar.close()
     return spent, crashed

@@ -164,8 +164,9 @@ def bench(ctx, device, model, backends, suites, threads, quick, paper, json_path
         writable_target(plot_path, "--plot")
         if "layer" not in settings.suites:
             raise NSRError("--plot draws the layer suite (Figure 5): add layer to --suite")
-    report = run_bench(settings, model, command=command_line(ctx))
-    click.echo(report.render())
+    # each block as soon as it is known: the heading at once, a suite's tables the moment it ends
+    report = run_bench(settings, model, command=command_line(ctx), on_text=lambda text: click.echo(text + "\n"))
+    click.echo(report.render(streamed=True))
     if json_path:
         click.echo(f"wrote {report.write_json(json_path)}")
     if plot_path:

@@ -372,3 +372,31 @@ def test_a_ratio_on_a_busy_row_is_marked():
     assert [r["noisy"] for r in rows] == [False, True, False, False]
     assert [r["vs_dense_twin"] for r in rows] == [1.2, None, 1.3, None]
     assert [r["vs_dense_twin_noisy"] for r in rows] == [True, False, False, False]
+
+
+def test_each_suite_is_shown_as_it_ends_with_plain_progress_lines_when_piped(models, monkeypatch, capfd):
+    """The heading comes before any work, each suite's tables right after that suite's jobs and before the
+    next suite's; piped, the progress is a plain line per configuration on stderr; the rest of the report
+    (``render(streamed=True)``) completes what was shown into the whole report."""
+    from nsr_deploy.bench import api
+
+    events, real_run_jobs = [], api.run_jobs
+
+    def run_jobs(jobs, progress, loads=None, what="bench"):
+        events.append(("jobs", what))
+        return real_run_jobs(jobs, progress, loads, what)
+
+    monkeypatch.setattr(api, "run_jobs", run_jobs)
+    settings = BenchSettings.preset("quick", layer=TINY_LAYER, model=TINY_MODEL, conv_forms=("matmul",), threads=1,
+                                    progress=True, backends=("torch", "onnxruntime"), suites=("layer", "model"))
+    report = run_bench(settings, load_model(models["sr"]), command="the-test",
+                       on_text=lambda text: events.append(("text", text)))
+    kinds = [e if e[0] == "jobs" else ("text", e[1].splitlines()[0][:12]) for e in events]
+    assert events[0][0] == "text" and events[0][1].startswith("the-test  [quick preset]")
+    assert kinds.index(("jobs", "layer")) < kinds.index(("text", "layer (paper")) < kinds.index(("jobs", "model"))
+    assert [k for k in kinds if k[0] == "jobs"] == [("jobs", "bench"), ("jobs", "layer"), ("jobs", "model")]
+    shown = [text for kind, text in events if kind == "text"]
+    assert len(shown) == 1 + report.streamed and report.streamed == len(report.tables) - bool(report.data["summary"])
+    assert report.render(streamed=True).endswith(report.render().split("\n\n")[-1])  # the done line
+    err = capfd.readouterr().err
+    assert "layer [1/" in err and "model [1/" in err  # not a terminal here: plain lines

@@ -59,12 +59,13 @@ def write_atomically(path: Path, write) -> None:
 class BenchReport:
     data: dict
     tables: list[Table] = field(default_factory=list)
+    streamed: int = 0  # the first tables, already shown while the run went on (run_bench's on_text)
 
     @property
     def passed(self) -> bool | None:
         return self.data.get("passed")
 
-    def heading(self) -> list[str]:
+    def heading(self, busy_note: bool = True) -> list[str]:
         d, m = self.data, self.data["machine"]
         used = [f"{b} ({v['how']})" for b, v in d["backends"].items() if v["status"] == "used"]
         skipped = [f"{b} ({v['why']})" for b, v in d["backends"].items() if v["status"] == "skipped"]
@@ -76,20 +77,29 @@ class BenchReport:
             lines.append("skipped: " + "; ".join(skipped))
         if d.get("model"):
             lines.append(f"model: {d['model']['name']} ({d['model']['source']})")
-        lines += self.busy_note()
-        return lines
+        return lines + (self.busy_note() if busy_note else [])
 
     def busy_note(self) -> list[str]:
         m = self.data["machine"]
-        load = m.get("load_average_start")
-        if load and load[0] >= 0.5 * m["usable_cpus"]:
-            end = m.get("load_average_end") or ["?"]
-            return [f"note: the machine was busy (1-minute load average {load[0]} at start, {end[0]} at end, on "
-                    f"{m['usable_cpus']} CPUs): latencies are noisy; ratios measured in one run hold up better"]
+        start, end = m.get("load_average_start"), m.get("load_average_end")
+        peak = m.get("load_average_peak") or max((x for x in (start, end) if x), key=lambda x: x[0], default=None)
+        if peak and peak[0] >= 0.5 * m["usable_cpus"]:  # the whole run: a load that rose midway counts too
+            def at(x):
+                return x[0] if x else "?"
+
+            return [f"note: the machine was busy (1-minute load average {at(start)} at start, peak {at(peak)}, "
+                    f"{at(end)} at end, on {m['usable_cpus']} CPUs): latencies are noisy; ratios measured in one "
+                    f"run hold up better"]
         return []
 
-    def render(self) -> str:
-        blocks = ["\n".join(self.heading()), *[t.render() for t in self.tables]]
+    def render(self, streamed: bool = False) -> str:
+        """The whole report; ``streamed=True``: only what was not shown while the run went on (the heading
+        and the suites' tables were), the busy note then measured over the whole run."""
+        if streamed:
+            blocks = ["\n".join(self.busy_note()), *[t.render() for t in self.tables[self.streamed:]]]
+            blocks = [b for b in blocks if b]
+        else:
+            blocks = ["\n".join(self.heading()), *[t.render() for t in self.tables]]
         if self.data.get("crashed"):
             blocks.append("\n".join(f"crashed: {c['job']}: {c['error']}" for c in self.data["crashed"]))
         blocks.append(f"done in {self.data['seconds']:.0f} s" + self._verdict())
