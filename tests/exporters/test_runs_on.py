@@ -54,6 +54,20 @@ def test_arm64_is_claimed_only_for_what_the_emulated_run_executes():
         assert claimed or any("ARM64" in p["where"] for p in places["not_verified"]), (target, entry)
 
 
+def test_vulkan_is_claimed_only_for_what_the_lavapipe_run_executes():
+    """The Vulkan test runs fp32 grouped ncnn files on Mesa's software GPU: other ncnn files list Vulkan as not
+    verified, and hardware GPUs stay not verified for all."""
+    from nsr_deploy.exporters.ncnn import target
+
+    for entry, claimed in (({"precision": "fp32", "conv_form": "grouped"}, True),
+                           ({"precision": "fp16", "conv_form": "grouped"}, False),
+                           ({"precision": "fp32", "conv_form": "matmul"}, False)):
+        places = r.runs_on({"targets": {"ncnn": {"file": "f", **entry}}, "tools": TOOLS}, target_module)["ncnn"]
+        on_gpu = [p for p in places["verified"] if "Vulkan" in p["where"]]
+        assert bool(on_gpu) == claimed and all(p["by"] == target.VULKAN for p in on_gpu), entry
+        assert any("hardware Vulkan" in p["where"] for p in places["not_verified"]), entry
+
+
 def test_a_place_is_either_verified_or_says_why():
     with pytest.raises(ValueError):
         r.Where("somewhere")

@@ -16,7 +16,8 @@ is given a second input shape, so no size is frozen into a Reshape.
 
 Conv form: ``--conv-form`` when it is a deploy form, else ``grouped`` (``capabilities.NCNN_FORM``): at
 batch 1 it is one ncnn ``Convolution`` taking its weights as a second input, the fastest of the three.
-The gate runs ncnn on this machine's CPU only; Vulkan and ARM are stated as not verified.
+The gate runs ncnn on this machine's CPU; the Vulkan path (Mesa's software GPU) and ARM64 (emulated) are
+verified by tests, hardware GPUs and phones are stated as not verified.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ CONVERT_SECONDS = 600
 APP_SETTINGS = ("ncnn enables fp16 storage / arithmetic by default where the device has them (ARMv8.2, Vulkan); "
                 "set opt.use_fp16_storage / use_fp16_packed / use_fp16_arithmetic / use_bf16_storage = false for "
                 "the fp32 results the gate checked")
+VULKAN = ("tests/runtimes/ncnn/test_ncnn_vulkan.py::"
+          "test_vulkan_restores_a_real_crop_as_the_cpu_does_and_names_its_device")
 
 
 def unavailable() -> str | None:
@@ -71,7 +74,13 @@ def runs_on(entry: dict, tools: dict) -> list:
     else:
         places.append(r.unverified("ncnn on ARM64 CPUs", f"the emulated ARM64 run executes the fp32 files, not "
                                    f"{precision}"))
-    return [*places, r.unverified("ncnn's Vulkan GPU path (desktop, Android)", "not run here"),
+    if precision == "fp32" and entry.get("conv_form") == NCNN_FORM:  # what the Vulkan test exports
+        places.append(r.verified("ncnn's Vulkan path on a software GPU (Mesa's lavapipe), fp16 storage and "
+                                 "arithmetic off", VULKAN))
+    else:
+        places.append(r.unverified("ncnn's Vulkan path", f"the Vulkan test runs the fp32 {NCNN_FORM} files"))
+    return [*places, r.unverified("ncnn on hardware Vulkan GPUs (desktop, Android)", "no GPU here; only Mesa's "
+                                  "software device ran"),
             r.unverified("ncnn builds other than the Python wheel (Android, iOS, C++)", "not run here")]
 
 

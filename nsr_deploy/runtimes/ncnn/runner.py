@@ -10,11 +10,17 @@ Choices, and why:
   device has them (ARMv8.2, Vulkan GPUs), which would put the sparsity softmax and the kernel mixing
   in half precision. The runner turns every reduced-precision option off, as the export gate ran it;
   ``fp16`` exports store half weights and are still computed in fp32 here.
-* **CPU by default; Vulkan on request** (``vulkan=True``), only where ncnn sees a GPU. Never required,
-  and not verified by the export gate, which runs on the CPU.
+* **CPU by default; Vulkan on request**: ``NcnnRunner(path, vulkan=True, gpu=N)``, or for ``load()`` and the
+  CLI the environment variable ``NSR_NCNN_DEVICE=vulkan`` (ncnn's default GPU) / ``vulkan:N`` (GPU index N);
+  ``cpu`` or unset: the CPU. An explicit ``vulkan=`` wins over the variable. The GPU keeps fp16 / bf16
+  storage and fp16 arithmetic off too (measured on Mesa's lavapipe: fp16 on moves the output by more than
+  an 8-bit level; docs/notes/ncnn-vulkan.md). ``describe()`` names the Vulkan device the net runs on.
+  The export gate runs on the CPU; Vulkan parity is tests/runtimes/ncnn/test_ncnn_vulkan.py's.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -24,7 +30,20 @@ from nsr_deploy.runtimes.base import Runner
 # pnnx names a traced module's inputs and outputs by position: x, valid -> in0, in1; y -> out0
 INPUT_BLOBS = ("in0", "in1")
 OUTPUT_BLOB = "out0"
-REDUCED_PRECISION_OPTIONS = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage")
+REDUCED_PRECISION_OPTIONS = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage",
+                             "use_bf16_packed")
+DEVICE_ENV = "NSR_NCNN_DEVICE"  # cpu | vulkan | vulkan:N: the device load() and the CLI run ncnn on
+
+
+def device_from_env() -> tuple[bool, int | None]:
+    """(vulkan?, GPU index or None for ncnn's default) from ``NSR_NCNN_DEVICE``; unset means the CPU."""
+    value = os.environ.get(DEVICE_ENV, "").strip().lower()
+    if value in ("", "cpu"):
+        return False, None
+    name, _, index = value.partition(":")
+    if name == "vulkan" and (not index or index.isdigit()):
+        return True, int(index) if index else None
+    raise NSRError(f"{DEVICE_ENV}={value!r}: expected cpu, vulkan or vulkan:N (N a GPU index)")
 
 
 def unavailable() -> str | None:
@@ -39,9 +58,15 @@ def unavailable() -> str | None:
 class NcnnRunner(Runner):
     backend = "ncnn"
 
-    def __init__(self, path: str, threads: int | None = None, vulkan: bool = False, files=None):
+    def __init__(self, path: str, threads: int | None = None, vulkan: bool | None = None, files=None,
+                 gpu: int | None = None):
         super().__init__(path, threads, files)
-        self.vulkan = vulkan
+        if vulkan is None:  # not said: the environment's choice (the CPU when unset)
+            vulkan, env_gpu = device_from_env()
+            gpu = env_gpu if gpu is None else gpu
+        self.vulkan = bool(vulkan)
+        self.gpu = gpu  # the Vulkan GPU index; None: ncnn's default GPU
+        self.gpu_name: str | None = None
         self.net = None
 
     def _activate(self) -> None:
@@ -53,9 +78,9 @@ class NcnnRunner(Runner):
         files = self.engine_files()  # the .param and its .bin, read once (hashed, in an export folder)
         if files.weights is None:
             raise NSRError(f"{self.path}: an ncnn model is a .param and its .bin")
-        if self.vulkan and ncnn.get_gpu_count() == 0:
-            raise BackendUnavailable("ncnn sees no Vulkan GPU here; run it on the CPU (vulkan=False)")
         net = ncnn.Net()
+        if self.vulkan:
+            self._select_gpu(ncnn, net)
         net.opt.use_vulkan_compute = self.vulkan
         for option in REDUCED_PRECISION_OPTIONS:
             setattr(net.opt, option, False)
@@ -73,7 +98,20 @@ class NcnnRunner(Runner):
         if list(net.input_names()) != list(INPUT_BLOBS) or OUTPUT_BLOB not in net.output_names():
             raise NSRError(f"{self.path}: not an nsr-deploy ncnn model (blobs {list(net.input_names())} -> "
                            f"{list(net.output_names())}, expected {list(INPUT_BLOBS)} -> {OUTPUT_BLOB})")
+        if self.vulkan:  # what ncnn really bound the net to, not what was asked for
+            self.gpu_name = net.vulkan_device().info().device_name()
         self.net = net
+
+    def _select_gpu(self, ncnn, net) -> None:
+        count = ncnn.get_gpu_count()
+        if count == 0:
+            raise BackendUnavailable(f"ncnn sees no Vulkan GPU here; run it on the CPU (vulkan=False, {DEVICE_ENV} "
+                                     f"unset or cpu)")
+        if self.gpu is None:
+            self.gpu = ncnn.get_default_gpu_index()
+        if not 0 <= self.gpu < count:
+            raise NSRError(f"ncnn sees {count} Vulkan GPU(s) (0..{count - 1}); there is no GPU {self.gpu}")
+        net.set_vulkan_device(self.gpu)  # before the param is loaded: layers create their pipelines on it
 
     def _deactivate(self) -> None:
         if self.net is not None:
@@ -100,5 +138,8 @@ class NcnnRunner(Runner):
         return np.array(out, dtype=np.float32)
 
     def describe(self) -> dict:
-        return {**super().describe(), "device": "vulkan" if self.vulkan else "cpu",
-                "feeding": "one patch per extractor call"}
+        out = {**super().describe(), "device": "vulkan" if self.vulkan else "cpu",
+               "feeding": "one patch per extractor call"}
+        if self.vulkan:  # the GPU's name is known once active (ncnn names the device it bound the net to)
+            out["vulkan_device"] = {"index": self.gpu, "name": self.gpu_name}
+        return out
