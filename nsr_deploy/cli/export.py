@@ -117,8 +117,9 @@ def export(checkpoint, model_name, image_mean, patch_size, target, out, conv_for
                        f"{'ok' if check['passed'] else 'FAIL'}  {check.get('detail', '')}")
     for name, why in manifest.get("skipped_targets", {}).items():
         click.echo(f"skipped {name}: {why}")
-    # an engine's weights file (OpenVINO's .bin, ncnn's .bin) ships with it: name both
-    files = [f for t in manifest["targets"].values() for f in (t["file"], t.get("weights")) if f]
+    # an engine's weights file (OpenVINO's .bin, ncnn's .bin) and its batch-1 twin ship with it: name them
+    files = [f for t in manifest["targets"].values()
+             for f in (t["file"], t.get("weights"), (t.get("batch_one") or {}).get("file")) if f]
     if isinstance(manifest.get("conformance"), dict):  # the vectors an app checks itself against
         files.append(f"{manifest['conformance']['folder']}/")
     click.echo(f"wrote {out}/ ({', '.join(files)}, nsr.json)")

@@ -181,6 +181,7 @@ class EngineFiles:
     engine: bytes
     weights: bytes | None = None
     weights_path: Path | None = None
+    batch_one: bytes | None = None  # the batch-1 twin of a fixed-batch file (targets.<t>.batch_one)
 
 
 def _read_engine_file(path: Path) -> bytes:
@@ -219,15 +220,22 @@ def verified_files(folder: Path, entry: dict, where: str) -> EngineFiles:
         if not (isinstance(expected, str) and SHA256.fullmatch(expected)):
             raise NSRError(f"{where}: records no valid {sha_key} for {name}; every file an engine reads must "
                            f"be hashed (re-export to get a complete manifest)")
-        path = confined_file(folder, name, where)
-        data = _read_engine_file(path)
-        if sha256_bytes(data) != expected:
-            raise NSRError(f"{path}: its sha256 differs from the one {where} records: the file was changed or "
-                           f"swapped after export; refusing to run it (re-export to trust it)")
-        read[file_key] = (path, data)
+        read[file_key] = _verified(folder, name, expected, where)
     main_path, main = read["file"]
     weights_path, weights = read.get("weights", (None, None))
-    return EngineFiles(main_path, main, weights, weights_path)
+    single = entry.get("batch_one")  # schema-checked: a file name and its sha256
+    batch_one = _verified(folder, single["file"], single["sha256"], where)[1] if single else None
+    return EngineFiles(main_path, main, weights, weights_path, batch_one)
+
+
+def _verified(folder: Path, name: str, expected: str, where: str) -> tuple[Path, bytes]:
+    """``folder/name`` (confined) and its bytes, read once and checked against the sha256 ``expected``."""
+    path = confined_file(folder, name, where)
+    data = _read_engine_file(path)
+    if sha256_bytes(data) != expected:
+        raise NSRError(f"{path}: its sha256 differs from the one {where} records: the file was changed or "
+                       f"swapped after export; refusing to run it (re-export to trust it)")
+    return path, data
 
 
 def check_engine_output(y: np.ndarray, x_shape: tuple, cfg: NSRConfig, engine: str) -> None:

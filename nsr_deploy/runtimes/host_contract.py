@@ -52,7 +52,7 @@ def host_rules(cfg) -> dict:
         "input": "x = float32(u8) / float32(255), NCHW, RGB order for 3 channels",
         "image_mean": "subtracted and added back inside the model: feed x in [0, 1] as is",
         "padding": "numpy 'reflect' (edge pixel not repeated: p[-i] = p[i]); numpy 'symmetric' "
-                   "(edge repeated) when the pad is not smaller than both sides",
+                   "(edge repeated) when the pad is at least the image's height or its width",
         "valid": "1 where the window pixel lies inside the image, 0 on padding; all ones for a whole image",
         "output": "float32 y; u8 = round_half_even(clip(float32(y * 255), 0, 255))",
         "colour": (f"the model takes {cfg.channels} channel(s): "
@@ -60,6 +60,8 @@ def host_rules(cfg) -> dict:
                       "grey; colour files are converted to ITU-R 601 luma as Pillow does: "
                       "L = (R*19595 + G*38470 + B*7471 + 32768) >> 16")
                    + "; an alpha channel is not restored: it is resized bicubic to the output size"),
-        "fixed_batch": "an engine with io.static_batch N takes exactly N windows a call: fill the last call with "
-                       "copies of its last window and drop their outputs; cells choose their grid for N",
+        "fixed_batch": "an engine with io.static_batch N takes exactly N windows a call; a call of fewer windows "
+                       "(a whole image, the last call) goes to targets.<t>.batch_one one window at a time where "
+                       "the target has it, else is filled with copies of its last window whose outputs are "
+                       "dropped; cells choose their grid for N either way",
     }

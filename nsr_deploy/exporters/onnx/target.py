@@ -4,6 +4,10 @@ parity gate in ONNX Runtime.
 Writes ``OUT/model.onnx`` and ``OUT/nsr.json`` atomically (a temp folder renamed into place only
 after every gate passed). The same inputs give byte-identical model files.
 
+A fixed-batch model (``grouped``: the batch is in ``Conv.group``, an attribute) gets a batch-1 twin,
+``model-b1.onnx`` (``targets.onnx.batch_one``): an app runs a whole small image or a short last call on it
+one window at a time instead of padding it to the fixed batch with copies (16 times the pixels).
+
 ``model.onnx`` is always portable: standard ONNX ops, the oldest IR version its opset allows (ONNX
 Runtime >= 1.17 in Python, C, Node and Web loads it). Conv forms: ``grouped``, ``matmul``, ``dense-mix``.
 ``auto`` decides by a rule (:mod:`~nsr_deploy.exporters.form_rule`); ``tune`` builds every candidate, checks its parity,
@@ -13,6 +17,8 @@ builds it at load for its own CPU (:mod:`nsr_deploy.runtimes.onnxruntime.special
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from nsr_deploy.checks.results import GateResult
 from nsr_deploy.core.budgets import check_batch, check_threads
@@ -32,7 +38,8 @@ from nsr_deploy.exporters.target import Artifact
 
 OPSETS = range(13, 21)  # Softmax over one axis from 13; the legacy exporter stops at 20
 NAME = "onnx"
-STAGES = ["choose", "rewrite", "trace", "simplify", "check", "parity"]
+STAGES = ["choose", "rewrite", "trace", "simplify", "check", "batch-one", "parity"]
+BATCH_ONE_FILE = "model-b1.onnx"
 LOAD_TIME_NOTE = ("ONNX Runtime on CPUs with NCHWc kernels (x86) rewrites it into its blocked form for the CPU it "
                   "runs on, checked against this file and cached; elsewhere it runs as is")
 
@@ -126,20 +133,39 @@ def build(ctx) -> Artifact:
     entry = {"file": MODEL_FILE, "sha256": sha256_bytes(data), "precision": "fp32", "runtime": "onnxruntime",
              "conv_form": form, "static_batch": batch, "portable": True, "ir_version": model.ir_version,
              "load_time": LOAD_TIME_NOTE}
+    if batch and batch > 1:
+        with ctx.stages.stage("batch-one"):
+            entry["batch_one"] = _write_batch_one(loaded, form, opts.opset, ctx.folder)
     if choice:
         entry.update(choice)
     return Artifact(NAME, ctx.folder / MODEL_FILE, "ONNX Runtime fp32", "onnxruntime/fp32", entry,
                     tool_versions("torch", "onnx", "onnxsim", "onnxruntime"), contract)
 
 
+def _write_batch_one(loaded, form: str, opset: int, folder) -> dict:
+    """``model-b1.onnx``: the same network traced at batch 1, and its manifest entry."""
+    data = build_onnx(loaded, form, 1, opset).SerializeToString()
+    (folder / BATCH_ONE_FILE).write_bytes(data)
+    return {"file": BATCH_ONE_FILE, "sha256": sha256_bytes(data), "static_batch": 1}
+
+
 def gate(artifact: Artifact, ctx) -> GateResult:
     """Pipeline step: ONNX Runtime on ``model.onnx`` against the PyTorch reference, fp32 tolerance."""
     from nsr_deploy.checks import verdicts
-    from nsr_deploy.checks.gates import float_gate
+    from nsr_deploy.checks.compare import patch_parity
+    from nsr_deploy.checks.gates import GATE_PATCHES, float_gate
     from nsr_deploy.runtimes.onnxruntime.runner import OrtRunner
 
     # the shipped file as it is: the runner's load-time specialisation checks itself against it
-    with ctx.stages.stage("parity"), OrtRunner(str(artifact.path), ctx.options.threads, specialise=False) as runner:
-        return float_gate(ctx.loaded.net, runner, verdicts.FP32_MAX_ABS)
+    with ctx.stages.stage("parity"):
+        with OrtRunner(str(artifact.path), ctx.options.threads, specialise=False) as runner:
+            result = float_gate(ctx.loaded.net, runner, verdicts.FP32_MAX_ABS)
+        single = artifact.entry.get("batch_one")
+        if single is None:
+            return result
+        with OrtRunner(str(artifact.path.parent / single["file"]), ctx.options.threads, specialise=False) as runner:
+            check = patch_parity(ctx.loaded.net, runner, GATE_PATCHES, ctx.loaded.config.patch_size,
+                                 verdicts.FP32_MAX_ABS)
+        return replace(result, checks=(*result.checks, replace(check, check="batch_one_patches")))
 
 

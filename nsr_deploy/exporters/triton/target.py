@@ -312,6 +312,7 @@ def layout_model(ctx, target: str, base: str, layout: Layout) -> None:
         move_engine(ctx.folder, entry, serving, model_dir / VERSION)
         layout.moved[target] = f"{name}/{relative}"  # the root manifest follows the engine into the repository
         served = {**entry, "file": relative}
+    served.pop("batch_one", None)  # the server serves one file (its twin stays at the root, for local runs)
     claimed = served.get("static_batch", ctx.manifest["io"].get("static_batch"))
     static_batch = engine_static_batch(target, model_dir / relative, claimed)
     served["static_batch"] = static_batch

@@ -3,7 +3,8 @@
 A portable model is specialised at load into ONNX Runtime's blocked NCHWc form for this CPU where it
 can be (:mod:`.specialise`), else run as it is with a warning that says why. Calls with fewer
 patches than the engine's batch run on a batch-1 twin instead of being padded with copies (a whole
-small image is one patch: padded to 16 it would cost 16 times its pixels).
+small image is one patch: padded to 16 it would cost 16 times its pixels): the NCHWc one built at load,
+else the export's ``model-b1.onnx`` (``targets.onnx.batch_one``).
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ class OrtRunner(Runner):
         # pixel) must not depend on whether this CPU could specialise the model
         self.static_batch = batch if self.specialise and portable else self.session_batch
         self._check_nchwc_block()
+        if self.single is None and (self.session_batch or 0) > 1:
+            self.single = self._batch_one_session()
 
     def _activate_specialised(self, data: bytes, batch: int | None) -> None:
         import functools
@@ -116,6 +119,18 @@ class OrtRunner(Runner):
             single = specialise(data, 1, self.threads, portable)
             if single.why is None:
                 self.single = self._cached_session(single, data, portable)
+
+    def _batch_one_session(self):
+        """The export's batch-1 twin of the file (``targets.onnx.batch_one``, hashed with the folder) for short
+        calls, or None: a portable run (no NCHWc kernels here) then pads no call with copies either."""
+        data = self.engine_files().batch_one
+        if data is None:
+            return None
+        session = self._session(data)
+        if session.get_inputs()[0].shape[0] != 1:
+            raise NSRError(f"{self.path}: its batch_one file takes {session.get_inputs()[0].shape[0]} windows a "
+                           f"call, not 1; refusing to run it (re-export)")
+        return session
 
     def _cached_session(self, built, data: bytes, portable):
         """A session of a blocked model, or None; a cache entry ONNX Runtime cannot load is rebuilt once,

@@ -1,6 +1,7 @@
 """ONNX Runtime's load-time NCHWc specialisation of the portable model.onnx: equal to the portable
 model, cached, falls back (with a warning) where it cannot run; short calls compute no padding."""
 
+import json
 import warnings
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 from conftest import data_image, decisive_net
 from nsr_deploy.core.config import NSRConfig
+from nsr_deploy.core.errors import NSRError
 from nsr_deploy.exporters.pipeline import ExportOptions, export
 from nsr_deploy.models.checkpoint import LoadedModel
 from nsr_deploy.runtimes import load
@@ -105,3 +107,33 @@ def test_whole_small_image_computes_its_own_pixels(tmp_path):
         want = portable.restore(img)
         assert portable.last_stats["compute_ratio"] == 4.0  # the padding is computed, and reported
     assert np.abs(out.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_without_nchwc_kernels_a_whole_small_image_runs_on_the_exported_batch_one_file(tmp_path, monkeypatch):
+    """ARM: no NCHWc twin can be built at load, so the export's model-b1.onnx (hashed in nsr.json) runs the
+    whole image once instead of padding it to the fixed batch; a swapped twin is refused."""
+    from nsr_deploy.runtimes.engine import Engine
+    from nsr_deploy.runtimes.manifest import manifest_config, read_manifest
+
+    _, folder = _export(tmp_path, SPARSE)
+    entry = json.loads((folder / "nsr.json").read_text())["targets"]["onnx"]
+    assert entry["static_batch"] == 4 and entry["batch_one"]["static_batch"] == 1
+    monkeypatch.setattr(nchwc_probe, "mlas_block_size", lambda: 1)
+    img = data_image("CSet14", 0)[:150, :150]
+    with load(folder, threads=2) as engine:
+        assert engine.runner.specialisation["nchwc"] is False and engine.runner.single is not None
+        out = engine.restore(img)
+        assert engine.last_stats["compute_ratio"] <= 1.1 and engine.last_stats["windows"] == 1
+    with Engine(OrtRunner(str(folder / "model.onnx"), 2), manifest_config(read_manifest(folder))) as bare:
+        want = bare.restore(img)  # the file alone (no manifest, so no twin named): the padding is paid
+        assert bare.last_stats["compute_ratio"] == 4.0
+    assert np.abs(out.astype(int) - want.astype(int)).max() <= 1
+    (folder / "model-b1.onnx").write_bytes((folder / "model.onnx").read_bytes())
+    with pytest.raises(NSRError, match="model-b1.onnx: its sha256 differs"):
+        load(folder, threads=2).restore(img)
+
+
+def test_only_a_fixed_batch_model_gets_a_batch_one_twin(tmp_path):
+    _, folder = _export(tmp_path, SPARSE, "matmul")
+    assert "batch_one" not in json.loads((folder / "nsr.json").read_text())["targets"]["onnx"]
+    assert not (folder / "model-b1.onnx").exists()
