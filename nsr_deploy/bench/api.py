@@ -5,9 +5,9 @@
     print(report.render()); report.write_json("bench.json")
 
 One run: resolve backends (unavailable ones become skipped entries), load the model if a suite needs
-it, measure the sgemm rate, then each suite's configurations in turn (its tables handed to ``on_text``
-as soon as it ends), with the same thread count for every backend. Engines and graphs live in a
-temporary folder removed at the end.
+it, measure the GEMM peaks (fp32 sgemm, and each reduced precision timed), then each suite's
+configurations in turn (its tables handed to ``on_text`` as soon as they are done), with the same
+thread count for every backend. Engines and graphs live in a temporary folder removed at the end.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from nsr_deploy.bench.backends import resolve_backends
 from nsr_deploy.bench.context import BenchContext, Job
 from nsr_deploy.bench.engines import EngineFactory
-from nsr_deploy.bench.machine import load_average, machine_facts, sgemm_rate
+from nsr_deploy.bench.machine import gemm_peak, load_average, machine_facts, sgemm_rate
 from nsr_deploy.bench.report.document import FORMAT, BenchReport
 from nsr_deploy.bench.report.summary import headline, headline_table
 from nsr_deploy.bench.settings import BenchSettings
@@ -83,20 +83,26 @@ def run_bench(settings: BenchSettings | None = None, model=None, command: str = 
             on_text("\n".join(BenchReport(data).heading(busy_note=False)))
         classes = suite_classes()
         suites = [classes[name](ctx) for name in settings.suites]
-        sgemm = Job("sgemm rate", lambda: setattr(ctx, "sgemm", sgemm_rate(settings.threads, settings.sgemm_size)))
         loads = [ctx.machine.get("load_average_start")]
-        spent, crashed = run_jobs([sgemm], settings.progress, loads)
+        spent, crashed = run_jobs(peak_jobs(ctx, suites), settings.progress, loads)
         tables, sections = [], {}
         ctx.machine["sgemm"] = ctx.sgemm
-        for suite in suites:  # one suite at a time, so that its table can be shown the moment it is done
-            more_spent, more_crashed = run_jobs(suite.jobs(), settings.progress, loads, suite.name)
+        ctx.machine["gemm_peaks"] = ctx.peaks
+        for suite in suites:  # one suite at a time, so that its tables can be shown the moment they are done
+            shown = []
+
+            def show(table, shown=shown):
+                shown.append(table)
+                if on_text:
+                    on_text(table.render())
+
+            more_spent, more_crashed = run_jobs(suite.jobs(), settings.progress, loads, suite.name, show)
             spent, crashed = spent + more_spent, crashed + more_crashed
             sections[suite.name] = suite.result()  # before its tables: they read what the result worked out
             done = suite.tables()
+            for table in done[len(shown):]:  # a job's tables are the first of its suite's, shown already
+                show(table)
             tables += done
-            if on_text:
-                for table in done:
-                    on_text(table.render())
         ctx.machine["load_average_end"] = load_average()
         ctx.machine["load_average_peak"] = max((x for x in [*loads, ctx.machine["load_average_end"]] if x),
                                                key=lambda x: x[0], default=None)
@@ -109,6 +115,21 @@ def run_bench(settings: BenchSettings | None = None, model=None, command: str = 
     return BenchReport(data, tables, streamed)
 
 
+def peak_jobs(ctx: BenchContext, suites: list) -> list[Job]:
+    """fp32 sgemm, and the GEMM peak of each reduced precision a suite reads engines against."""
+    s = ctx.settings
+    precisions = dict.fromkeys(p for suite in suites for p in getattr(suite, "peak_precisions", ()))
+
+    def measure(precision: str) -> None:
+        rate = sgemm_rate(s.threads, s.sgemm_size) if precision == "fp32" else gemm_peak(precision, s.threads,
+                                                                                          s.sgemm_size)
+        if rate:
+            ctx.peaks[precision] = rate
+
+    return [Job("sgemm rate" if p == "fp32" else f"{p} GEMM peak", lambda p=p: measure(p))
+            for p in ("fp32", *precisions)]
+
+
 def verdict(sections: dict, crashed: list[dict]) -> bool | None:
     """False when a parity check failed or a configuration crashed; None when neither could be judged."""
     if crashed:
@@ -116,15 +137,16 @@ def verdict(sections: dict, crashed: list[dict]) -> bool | None:
     return sections["parity"]["passed"] if "parity" in sections else None
 
 
-def run_jobs(jobs: list[Job], progress: bool, loads: list | None = None, what: str = "bench"
-             ) -> tuple[list[dict], list[dict]]:
+def run_jobs(jobs: list[Job], progress: bool, loads: list | None = None, what: str = "bench",
+             show: Callable | None = None) -> tuple[list[dict], list[dict]]:
     """Every job in order, with progress on stderr: a bar on a terminal, a plain line per job when piped.
 
     Returns the seconds each job took (building included: where the time went) and the jobs that
     crashed. Suites record expected failures (an engine that cannot be built) in their own rows; a
     crash is a bug, but one backend's crash should not throw away a long run: it is reported, with
     its exception, and the run goes on. ``loads`` gets the load average after each job (the busy note
-    looks at the whole run, not only its start).
+    looks at the whole run, not only its start). ``show`` gets the tables a job completes (``Job.shows``),
+    crashed or not, so that they stay the first of the suite's tables, in order.
     """
     from tqdm import tqdm
 
@@ -142,6 +164,11 @@ def run_jobs(jobs: list[Job], progress: bool, loads: list | None = None, what: s
         except Exception as e:  # reported with the results, never swallowed
             crashed.append({"job": job.label, "error": f"{type(e).__name__}: {str(e).strip()[:300]}"})
         spent.append({"job": job.label, "seconds": round(time.perf_counter() - t0, 2)})
+        if job.shows and show:
+            bar.clear()  # a table printed mid-bar on a terminal, then the bar again below it
+            for table in job.shows():
+                show(table)
+            bar.refresh()
         if loads is not None:
             loads.append(load_average())
     bar.close()

@@ -1,8 +1,9 @@
-"""What every suite of one bench run shares: settings, backends, the model, engines, the sgemm rate.
+"""What every suite of one bench run shares: settings, backends, the model, engines, the GEMM peaks.
 
 A suite is an object with ``jobs()`` (the configurations it will measure, each a :class:`Job`, so
 one progress bar can count them all before any runs), ``result()`` (its JSON section) and
-``tables()`` (its terminal tables).
+``tables()`` (its terminal tables); a suite that reads engines against a reduced precision's GEMM peak
+lists those precisions in ``peak_precisions``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class Job:
 
     label: str
     run: Callable[[], None]
+    shows: Callable[[], list] | None = None  # tables this job completes: shown as soon as it ends
 
 
 @dataclass
@@ -31,7 +33,11 @@ class BenchContext:
     loaded: object | None = None  # LoadedModel; None when no suite needs a model
     factory: object | None = None  # EngineFactory
     machine: dict = field(default_factory=dict)
-    sgemm: dict | None = None
+    peaks: dict = field(default_factory=dict)  # precision -> its GEMM rate (gemm_peak; fp32: sgemm_rate)
+
+    @property
+    def sgemm(self) -> dict | None:
+        return self.peaks.get("fp32")
 
     @property
     def threads(self) -> int:

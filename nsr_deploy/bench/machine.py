@@ -4,7 +4,8 @@ Latency means little without the machine: the report carries the CPU model, core
 every backend used, library versions and the load average before and after (a busy machine gives
 noisy figures, and the load says so). The sgemm rate is this machine's practical fp32 peak with the
 same thread count, measured in the same run, so "effective GFLOP/s of the model engine as a
-fraction of sgemm" compares across machines.
+fraction of sgemm" compares across machines. Engines at a reduced precision are read against the peak
+of their own precision (bf16, int8 GEMM), measured the same way: like with like.
 """
 
 from __future__ import annotations
@@ -123,3 +124,49 @@ def sgemm_rate(threads: int, size: int = SGEMM_SIZE, runs: int = 5, warmup: int 
     best = max(libraries, key=lambda k: libraries[k]["gflops"])
     return {"gflops": libraries[best]["gflops"], "library": best, "size": size, "threads": threads,
             "statistic": "median", "libraries": libraries}
+
+
+def _bf16_gemm(a, b):
+    import torch
+
+    a, b = a.to(torch.bfloat16), b.to(torch.bfloat16)
+    out = torch.empty_like(a)
+    return lambda: torch.mm(a, b, out=out)
+
+
+def _int8_gemm(a, b):
+    import torch
+
+    a, b = (torch.round(m * 254 - 127).to(torch.int8) for m in (a, b))
+    return lambda: torch._int_mm(a, b)  # int8 x int8 -> int32, what int8 engines' convs compute
+
+
+GEMM_KERNELS = {"bf16": ("torch.mm bf16", _bf16_gemm), "int8": ("torch._int_mm int8", _int8_gemm)}
+
+
+def gemm_peak(precision: str, threads: int, size: int = SGEMM_SIZE, runs: int = 5, warmup: int = 1) -> dict | None:
+    """The practical peak at ``precision`` (bf16 or int8), measured as :func:`sgemm_rate` is: a ``size``-cubed
+    product with ``threads`` threads, median of ``runs``. None when torch cannot run that product here."""
+    import torch
+
+    from nsr_deploy.core.timing import torch_threads
+
+    library, make = GEMM_KERNELS[precision]
+    gen = torch.Generator().manual_seed(0)
+    with torch_threads(threads), torch.no_grad():
+        try:
+            call = make(torch.rand(size, size, generator=gen), torch.rand(size, size, generator=gen))
+            rate = _rate(call, size, runs, warmup)
+        except (RuntimeError, NotImplementedError):  # no kernel for it in this torch build / CPU
+            return None
+    return {"gflops": rate["gflops"], "library": library, "precision": precision, "size": size, "threads": threads,
+            "statistic": "median", "libraries": {library: rate}}
+
+
+def peak_of(precision: str, peaks: dict) -> tuple[dict | None, str]:
+    """The peak a ``precision`` engine is read against, and its name: its own precision's when measured, else
+    fp32 sgemm, named as such so that nobody reads a bf16 engine against an fp32 peak unawares."""
+    own = peaks.get(precision)
+    if own:
+        return own, "sgemm" if precision == "fp32" else f"{precision} GEMM"
+    return peaks.get("fp32"), "sgemm" if precision == "fp32" else f"fp32 sgemm (no {precision} peak here)"

@@ -27,7 +27,8 @@ from nsr_deploy.core.budgets import CONFIG_BOUNDS, MAX_BATCH, check_memory, chec
 from nsr_deploy.core.capabilities import BACKEND_NAMES, BENCH_DEFAULT_FORMS, BENCH_FORMS
 from nsr_deploy.core.errors import NSRError
 
-DEFAULT_SUITES = ("parity", "layer", "model", "quality")
+# layer first: its first table (PyTorch eager) is out within seconds, where parity builds every engine first
+DEFAULT_SUITES = ("layer", "parity", "model", "quality")
 SUITES = (*DEFAULT_SUITES, "ray")  # ray: only when asked for (it starts a Ray cluster; nsr-deploy[serve])
 BACKENDS = BACKEND_NAMES
 DEVICES = ("cpu",)

@@ -374,29 +374,113 @@ def test_a_ratio_on_a_busy_row_is_marked():
     assert [r["vs_dense_twin_noisy"] for r in rows] == [True, False, False, False]
 
 
-def test_each_suite_is_shown_as_it_ends_with_plain_progress_lines_when_piped(models, monkeypatch, capfd):
-    """The heading comes before any work, each suite's tables right after that suite's jobs and before the
-    next suite's; piped, the progress is a plain line per configuration on stderr; the rest of the report
+def test_each_table_is_shown_as_it_is_done_with_plain_progress_lines_when_piped(models, monkeypatch, capfd):
+    """The heading comes before any work; a layer backend's table right after that backend's timing, before
+    the next backend's graphs are built; a suite's other tables right after its jobs, before the next suite's;
+    piped, the progress is a plain line per configuration on stderr; the rest of the report
     (``render(streamed=True)``) completes what was shown into the whole report."""
     from nsr_deploy.bench import api
 
     events, real_run_jobs = [], api.run_jobs
 
-    def run_jobs(jobs, progress, loads=None, what="bench"):
-        events.append(("jobs", what))
-        return real_run_jobs(jobs, progress, loads, what)
+    def run_jobs(jobs, progress, loads=None, what="bench", show=None):
+        for job in jobs:
+            job.run = lambda run=job.run, label=job.label: (events.append(("job", label)), run())
+        return real_run_jobs(jobs, progress, loads, what, show)
 
     monkeypatch.setattr(api, "run_jobs", run_jobs)
     settings = BenchSettings.preset("quick", layer=TINY_LAYER, model=TINY_MODEL, conv_forms=("matmul",), threads=1,
                                     progress=True, backends=("torch", "onnxruntime"), suites=("layer", "model"))
     report = run_bench(settings, load_model(models["sr"]), command="the-test",
                        on_text=lambda text: events.append(("text", text)))
-    kinds = [e if e[0] == "jobs" else ("text", e[1].splitlines()[0][:12]) for e in events]
+    kinds = [e if e[0] == "job" else ("text", e[1].splitlines()[0][:31]) for e in events]
     assert events[0][0] == "text" and events[0][1].startswith("the-test  [quick preset]")
-    assert kinds.index(("jobs", "layer")) < kinds.index(("text", "layer (paper")) < kinds.index(("jobs", "model"))
-    assert [k for k in kinds if k[0] == "jobs"] == [("jobs", "bench"), ("jobs", "layer"), ("jobs", "model")]
+    torch_table, ort_table = ("text", "layer (paper Figure 5) on torch"), ("text", "layer (paper Figure 5) on onnxr")
+    assert kinds.index(("job", "layer torch timing")) < kinds.index(torch_table) \
+        < kinds.index(("job", "layer onnxruntime plain conv")) < kinds.index(("job", "layer onnxruntime timing")) \
+        < kinds.index(ort_table) < kinds.index(("job", "model reference path"))
     shown = [text for kind, text in events if kind == "text"]
     assert len(shown) == 1 + report.streamed and report.streamed == len(report.tables) - bool(report.data["summary"])
+    assert [t.render() for t in report.tables[:report.streamed]] == shown[1:]  # shown once each, in order
     assert report.render(streamed=True).endswith(report.render().split("\n\n")[-1])  # the done line
     err = capfd.readouterr().err
     assert "layer [1/" in err and "model [1/" in err  # not a terminal here: plain lines
+
+
+def test_the_default_run_starts_with_the_quick_layer_suite_and_keeps_every_suite():
+    from nsr_deploy.bench.settings import DEFAULT_SUITES
+
+    assert DEFAULT_SUITES[0] == "layer" and BenchSettings().suites == DEFAULT_SUITES
+    assert set(DEFAULT_SUITES) == {"layer", "parity", "model", "quality"}
+
+
+
+# -- like with like: each precision against its own GEMM peak ----------------------------------------
+def test_a_reduced_precision_row_is_read_against_its_own_peak_or_says_it_is_not():
+    from nsr_deploy.bench.suites.model import peak_figures
+
+    peaks = {"fp32": {"gflops": 100.0}, "bf16": {"gflops": 400.0}}
+    bf16 = peak_figures(200.0, "bf16", peaks)
+    assert bf16["of_peak"] == 0.5 and bf16["peak"] == "bf16 GEMM" and bf16["of_sgemm"] == 2.0
+    assert peak_figures(50.0, "fp32", peaks)["of_peak"] == 0.5 and peak_figures(50.0, "fp32", peaks)["peak"] == "sgemm"
+    int8 = peak_figures(300.0, "int8", peaks)  # no int8 peak measured: against fp32, and named so
+    assert int8["of_peak"] == 3.0 and int8["peak"] == "fp32 sgemm (no int8 peak here)"
+
+
+def test_the_headline_names_the_peak_of_the_best_engines_precision():
+    from nsr_deploy.bench.report.summary import model_figures
+
+    row = {"engine": "openvino folded bf16", "backend": "openvino", "dense_twin": False, "median_ms": 5.0,
+           "vs_dense_twin": 1.0, "vs_torch_eager": 0.5, "of_sgemm": 2.4, "of_peak": 0.6, "peak": "bf16 GEMM"}
+    slower = {**row, "engine": "openvino folded", "median_ms": 9.0, "of_peak": 0.9, "peak": "sgemm"}
+    figures = {f["figure"]: f for f in model_figures({"patch_batch": [slower, row], "image": []})}
+    share = figures["patch batch: best engine's GFLOP/s / bf16 GEMM"]
+    assert share["value"] == 0.6 and share["engine"] == "openvino folded bf16"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_a_reduced_precision_gemm_peak_is_measured_as_sgemm_is(precision):
+    from nsr_deploy.bench.machine import gemm_peak
+
+    peak = gemm_peak(precision, threads=1, size=128, runs=2, warmup=1)
+    if peak is None:
+        pytest.skip(f"torch has no {precision} matrix product on this CPU")
+    assert peak["precision"] == precision and peak["gflops"] > 0 and peak["size"] == 128 and peak["threads"] == 1
+    assert peak["libraries"][peak["library"]]["runs"] == 2
+
+
+# -- what a run prints --------------------------------------------------------------------------------
+def test_a_run_prints_user_words_only(report):
+    import re
+
+    text = report.render()
+    assert not re.search(r"\bissues?\b|#\d|\bticket|\bthis week\b|goal \(|target \(", text, re.IGNORECASE), text
+
+
+def test_a_layer_backends_graphs_are_closed_before_the_next_backends_are_opened(monkeypatch):
+    """Memory: every open graph holds its activation buffers, so only one backend's may be open at a time."""
+    from nsr_deploy.bench.suites import layer
+
+    open_now, seen = set(), []
+    real = layer.layer_runner
+
+    class Counted:
+        def __init__(self, backend, path, threads):
+            self.key, self.runner = (backend, path), real(backend, path, threads)
+
+        def __enter__(self):
+            open_now.add(self.key)
+            seen.append(set(open_now))
+            return self.runner.__enter__()
+
+        def __exit__(self, *exc):
+            open_now.discard(self.key)
+            return self.runner.__exit__(*exc)
+
+    monkeypatch.setattr(layer, "layer_runner", Counted)
+    settings = BenchSettings.preset("quick", suites=("layer",), backends=("onnxruntime", "openvino"),
+                                    conv_forms=("grouped", "matmul"), layer=TINY_LAYER, threads=1, progress=False)
+    result = run_bench(settings)
+    assert result.data["crashed"] == [] and not open_now  # all closed at the end
+    assert max(len(s) for s in seen) == 1 + 2 * 8  # a backend's baseline and both forms' configurations together
+    assert all(len({b for b, _ in s}) == 1 for s in seen), "two backends' graphs open at once"

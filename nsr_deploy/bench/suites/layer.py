@@ -20,8 +20,10 @@ against a plain ``Conv`` graph. Figures are the mean of the timed runs (the pape
 ms per call of the whole batch; each side's ratio to its own baseline is what compares with the
 paper. A backend's configurations are all opened first and then timed together, their runs interleaved
 in rounds (:func:`~nsr_deploy.core.timing.measure_interleaved`), so that the machine's drift does not
-fall between a configuration and its baseline. Each exported graph's output is checked against the
-reference layer (first two patches).
+fall between a configuration and its baseline; then they are closed, before the next backend's are
+opened (a backend's open graphs hold their activation buffers: all backends' at once took gigabytes).
+Each backend gets its own table, shown as soon as it is timed: PyTorch eager's comes within seconds.
+Each exported graph's output is checked against the reference layer (first two patches).
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ class LayerSuite:
         self._modules: LayerModules | None = None
         self._calls: dict[str, list] = {}  # backend -> (row, config, call) prepared, not yet timed
         self._stacks: dict[str, ExitStack] = {}  # backend -> its open runners
+        self.backends: list[str] = []  # in run order, once jobs() has listed them
 
     @property
     def modules(self) -> LayerModules:
@@ -173,21 +176,19 @@ class LayerSuite:
         return out
 
     def jobs(self) -> list[Job]:
-        jobs, seen_baseline, backends = [], set(), []
-        for backend, variant in self.variants():
-            if backend not in backends:
-                backends.append(backend)
-            for c in configurations(self.p):
-                if c.protocol == "baseline":
-                    if backend in seen_baseline:
-                        continue  # one plain-conv baseline per backend, shared by its forms
-                    seen_baseline.add(backend)
-                what = "plain conv" if c.protocol == "baseline" else f"{variant} {c.key}"
-                jobs.append(Job(f"layer {backend} {what}",
-                                lambda b=backend, v=variant, c=c: self.prepare(b, v, c)))
-        # Every configuration of a backend is timed in one interleaved measurement: the ratios to its
-        # baseline are the figures, so drift of the machine must not fall between them.
-        jobs += [Job(f"layer {backend} timing", lambda b=backend: self.time_backend(b)) for backend in backends]
+        variants = self.variants()
+        self.backends = list(dict.fromkeys(backend for backend, _ in variants))
+        jobs = []
+        for backend in self.backends:
+            for i, variant in enumerate(v for b, v in variants if b == backend):
+                for c in configurations(self.p)[0 if i == 0 else 1:]:  # one plain-conv baseline per backend
+                    what = "plain conv" if c.protocol == "baseline" else f"{variant} {c.key}"
+                    jobs.append(Job(f"layer {backend} {what}",
+                                    lambda b=backend, v=variant, c=c: self.prepare(b, v, c)))
+            # Every configuration of a backend is timed in one interleaved measurement: the ratios to its
+            # baseline are the figures, so drift of the machine must not fall between them.
+            jobs.append(Job(f"layer {backend} timing", lambda b=backend: self.time_backend(b),
+                            shows=lambda b=backend: [self.backend_table(b)]))
         return jobs
 
     def prepare(self, backend: str, variant: str, c: LayerConfig) -> None:
@@ -238,6 +239,10 @@ class LayerSuite:
                         "conv_gflops": round(conv_flops(p, c) / (ms * 1e6), 2),
                         "paper_ms": paper.paper_ms(c.protocol, c.k),
                         "paper_ratio": _round(paper.paper_ratio(c.protocol, c.k))})
+        base = self._baseline_ms(backend)  # ratios now: the backend's table is shown before the suite ends
+        for r in self.rows:
+            if r["backend"] == backend:
+                r["ratio"] = _round(r["ms"] / base) if base and "ms" in r else None
 
     def graph(self, c: LayerConfig, variant: str, backend: str) -> Path:
         """The exported graph of ``c`` in ``variant``, exported once and shared by the backends that read ONNX
@@ -263,24 +268,20 @@ class LayerSuite:
 
     def result(self) -> dict:
         for r in self.rows:
-            base = self._baseline_ms(r["backend"])
-            r["ratio"] = _round(r["ms"] / base) if base and "ms" in r else None
+            r.setdefault("ratio", None)  # a backend whose timing crashed
         p = self.p
         return {"protocol": {"channels": p.channels, "patch": p.patch, "batch": p.batch, "kernel": p.kernel,
                              "groups": list(p.groups), "cardinals": p.cardinals, "runs": p.runs, "warmup": p.warmup,
                              "statistic": "mean", "threads": self.ctx.threads, "unit": "ms per call of the batch"},
                 "paper": paper.as_dict(), "rows": self.rows, "skipped": self.skipped}
 
-    def lines(self) -> list[tuple[str, str, str]]:
-        """(backend, variant, label) of each line of the Figure 5 table, in run order."""
-        seen, out = set(), []
+    def lines(self, backend: str) -> list[tuple[str, str]]:
+        """(variant, label) of each line of ``backend``'s Figure 5 table, in run order."""
+        out = {}
         for r in self.rows:
-            key = (r["backend"], r["variant"])
-            if r["variant"] != "baseline" and key not in seen:
-                seen.add(key)
-                label = "torch eager" if r["backend"] == "torch" else f"{r['backend']} {r['variant']}"
-                out.append((r["backend"], r["variant"], label))
-        return out
+            if r["backend"] == backend and r["variant"] != "baseline":
+                out.setdefault(r["variant"], "torch eager" if backend == "torch" else f"{backend} {r['variant']}")
+        return list(out.items())
 
     def cell(self, backend: str, variant: str, protocol: str, k: int) -> dict | None:
         for r in self.rows:
@@ -290,7 +291,13 @@ class LayerSuite:
         return None
 
     def tables(self) -> list[Table]:
-        p, ks = self.p, list(self.p.groups)
+        """One table per backend, in run order (each already shown when its timing ended)."""
+        return [self.backend_table(b) for b in self.backends] or [self.backend_table(None)]
+
+    def backend_table(self, backend: str | None) -> Table:
+        """The paper's row and ``backend``'s lines; the first table also carries the protocol and the notes
+        that belong to no backend's table."""
+        ks = list(self.p.groups)
         header = ["engine", "protocol", "base", *[f"k={k}" for k in ks], *[f"k={k}" for k in ks]]
         groups = [("", 2), ("ms per call (mean)", 1 + len(ks)), ("ratio to own baseline", len(ks))]
         rows = []
@@ -299,25 +306,36 @@ class LayerSuite:
             rows.append([label, protocol, fmt(paper.BASELINE_MS),
                          *[fmt(paper.paper_ms(protocol, k)) for k in ks],
                          *[fmt(paper.paper_ratio(protocol, k)) for k in ks]])
-        for backend, variant, label in self.lines():
+        for variant, label in self.lines(backend):
             base = self.cell(backend, variant, "baseline", 1)
             for protocol in PROTOCOLS[1:]:
                 cells = [self.cell(backend, variant, protocol, k) for k in ks]
                 rows.append([label if protocol == PROTOCOLS[1] else "", protocol, _ms(base),
                              *[_ms(c) for c in cells], *[fmt((c or {}).get("ratio")) for c in cells]])
-        notes = [f"one sparse conv {p.channels}->{p.channels}, {p.kernel}x{p.kernel}, batch {p.batch} of "
-                 f"{p.patch}x{p.patch} patches, d={p.cardinals}; mean of {p.runs} runs after {p.warmup} warm-up, a "
-                 f"backend's configurations interleaved in rounds; "
-                 f"{self.ctx.threads} threads for every backend",
-                 "paper: batch 100, mean of 100 runs, ms as printed in Figure 5 (they fit per-patch time; "
-                 "compare the ratios)"]
-        notes += self._problem_notes()
-        return [Table("layer (paper Figure 5): fixed model size = k groups of C/k outputs; fixed FLOPs = k groups "
-                      "of C outputs", header, rows, notes, groups, left=2)]
+        first = backend is None or backend == self.backends[0]
+        notes = self._protocol_notes() if first else ["protocol and paper figures as in the first layer table"]
+        notes += self._problem_notes(backend, first)
+        return Table(f"layer (paper Figure 5) on {backend or 'no backend'}: fixed model size = k groups of C/k "
+                     "outputs; fixed FLOPs = k groups of C outputs", header, rows, notes, groups, left=2)
 
-    def _problem_notes(self) -> list[str]:
-        notes = [f"skipped {what}: {why}" for what, why in self.skipped.items()]
+    def _protocol_notes(self) -> list[str]:
+        p = self.p
+        return [f"one sparse conv {p.channels}->{p.channels}, {p.kernel}x{p.kernel}, batch {p.batch} of "
+                f"{p.patch}x{p.patch} patches, d={p.cardinals}; mean of {p.runs} runs after {p.warmup} warm-up, a "
+                f"backend's configurations interleaved in rounds; {self.ctx.threads} threads for every backend",
+                "paper: batch 100, mean of 100 runs, ms as printed in Figure 5 (they fit per-patch time; "
+                "compare the ratios)"]
+
+    def _problem_notes(self, backend: str | None, first: bool) -> list[str]:
+        """Skips and failures of ``backend``; the first table also gets the skips of backends without a table."""
+        def mine(what: str) -> bool:
+            owner = what.split()[0]
+            return owner == backend or (first and owner not in self.backends)
+
+        notes = [f"skipped {what}: {why}" for what, why in self.skipped.items() if mine(what)]
         for r in self.rows:
+            if r["backend"] != backend:
+                continue
             if "error" in r:
                 notes.append(f"failed {r['backend']} {r['variant']} {r['protocol']} k={r['k']}: {r['error']}")
             elif r["max_abs_vs_reference"] > 1e-3:

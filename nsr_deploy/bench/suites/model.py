@@ -15,7 +15,9 @@ exported backend), plus the dense twin (same shapes, k = d = 1, random weights) 
 Figures: median and p90 after warm-up; megapixels/s of input; effective GFLOP/s = the model's FLOPs
 per pixel (``NSRConfig.flops_per_pixel``: one mixed kernel per sparse conv, routing and mixing
 included) x pixels computed (overlapping tiles count every time) / median time; and that as a
-fraction of this machine's sgemm rate measured in the same run with the same threads.
+fraction of this machine's sgemm rate measured in the same run with the same threads (``of_sgemm``), and
+of the GEMM peak at the row's own precision (``of_peak``: a bf16 engine against the bf16 peak, int8
+against int8; fp32 sgemm, named so, where that precision's peak could not be measured).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 from nsr_deploy.bench.context import BenchContext, Job
 from nsr_deploy.bench.engines import EngineSpec, engine_specs
 from nsr_deploy.bench.images import bench_input
+from nsr_deploy.bench.machine import peak_of
 from nsr_deploy.bench.report.table import Table, fmt
 from nsr_deploy.bench.suites.precisions import compile_spec, precision_specs
 from nsr_deploy.bench.torch_compile import COMPILE_FORM
@@ -73,6 +76,15 @@ def twin_ratios(rows: list[dict]) -> None:
         r["vs_dense_twin_noisy"] = bool(ratio and (r.get("noisy") or twin.get("noisy")))
 
 
+def peak_figures(gflops: float, precision: str, peaks: dict) -> dict:
+    """GFLOP/s as a share of fp32 sgemm and of the GEMM peak at ``precision`` (:func:`.machine.peak_of`)."""
+    sgemm = (peaks.get("fp32") or {}).get("gflops")
+    peak, name = peak_of(precision, peaks)
+    peak = (peak or {}).get("gflops")
+    return {"gflops": round(gflops, 2), "of_sgemm": round(gflops / sgemm, 3) if sgemm else None,
+            "of_peak": round(gflops / peak, 3) if peak else None, "peak": name}
+
+
 class ModelSuite:
     name = "model"
 
@@ -102,6 +114,11 @@ class ModelSuite:
             self._x = bench_input(self.config.channels, self.p.height, self.p.width)
         return self._x
 
+    @property
+    def peak_precisions(self) -> tuple[str, ...]:
+        """The reduced precisions this suite times, each read against its own GEMM peak."""
+        return tuple(dict.fromkeys(s.precision for s in self.precision_specs if s.precision != "fp32"))
+
     def jobs(self) -> list[Job]:
         jobs = [Job("model reference path", self.time_reference_path)]
         for spec in self.specs:
@@ -113,11 +130,9 @@ class ModelSuite:
         return jobs
 
     # -- measuring ---------------------------------------------------------------------------
-    def _figures(self, timing: Timing, flops_per_pixel: float, pixels_computed: int) -> dict:
-        s = timing.median / 1e3
-        gflops = flops_per_pixel * pixels_computed / s / 1e9
-        sgemm = (self.ctx.sgemm or {}).get("gflops")
-        return {**timing.as_dict(), "gflops": round(gflops, 2), "of_sgemm": round(gflops / sgemm, 3) if sgemm else None}
+    def _figures(self, timing: Timing, flops_per_pixel: float, pixels_computed: int, precision: str = "fp32") -> dict:
+        return {**timing.as_dict(), **peak_figures(flops_per_pixel * pixels_computed / (timing.median / 1e3) / 1e9,
+                                                   precision, self.ctx.peaks)}
 
     def time_reference_path(self) -> None:
         import torch
@@ -183,7 +198,7 @@ class ModelSuite:
         finally:
             self._patch_runners.close()
         for (row, flops, _), timing in zip(entries, timings):
-            row.update(self._figures(timing, flops, n * size * size))
+            row.update(self._figures(timing, flops, n * size * size, row["precision"]))
 
     # -- results -----------------------------------------------------------------------------
     def result(self) -> dict:
@@ -240,7 +255,7 @@ class ModelSuite:
 
     def _patch_table(self) -> Table:
         p = self.p
-        header = ["engine", "median ms", "p90 ms", "GFLOP/s", "of sgemm", "/ dense twin", "/ torch eager",
+        header = ["engine", "median ms", "p90 ms", "GFLOP/s", "of peak", "/ dense twin", "/ torch eager",
                   "/ torch.compile"]
         rows = []
         for r in self.patch_rows:
@@ -248,7 +263,7 @@ class ModelSuite:
                 rows.append([r["engine"], *["-"] * 6, "failed" if "error" in r else "-"])
                 continue
             rows.append([r["engine"], fmt(r["median_ms"], ".1f"), fmt(r["p90_ms"], ".1f"), fmt(r["gflops"], ".1f"),
-                         fmt(r["of_sgemm"], ".0%"),
+                         fmt(r["of_peak"], ".0%"),
                          fmt(r["vs_dense_twin"], ".2f") + ("~" if r.get("vs_dense_twin_noisy") else ""),
                          fmt(r["vs_torch_eager"], ".2f"),
                          fmt(r["vs_torch_compile"], ".2f")])
@@ -257,7 +272,8 @@ class ModelSuite:
                  "latency ratios (lower is faster): engine / the dense twin in the same runtime at the same "
                  "precision; engine / PyTorch eager and / torch.compile (inductor, CPU) on the same patches",
                  "bf16 / int8 rows: the sparse model as --target openvino --conv-form auto exports it, and the twin, "
-                 "both at that precision (bf16: INFERENCE_PRECISION_HINT=bf16; int8: the gated int8 export)"]
+                 "both at that precision (bf16: INFERENCE_PRECISION_HINT=bf16; int8: the gated int8 export)",
+                 self._peak_note()]
         noisy = [r["engine"] for r in self.patch_rows if r.get("noisy")]
         if noisy:
             notes.append(f"~: the ratio rests on a row whose p90 is over {NOISY_SPREAD - 1:.0%} above its median "
@@ -267,3 +283,14 @@ class ModelSuite:
         cfg = self.config
         return Table(f"patch batch: {p.patch_batch} patches of {cfg.patch_size}x{cfg.patch_size} (the patch-batch "
                      f"protocol)", header, rows, notes)
+
+    def _peak_note(self) -> str:
+        """Which peak each precision's rows are read against, with its rate, so that the share is like with like."""
+        names = dict.fromkeys((r["precision"], r["peak"]) for r in self.patch_rows if r.get("peak"))
+        parts = []
+        for precision, name in names:
+            peak = peak_of(precision, self.ctx.peaks)[0] or {}
+            parts.append(f"{precision} rows / {name} {fmt(peak.get('gflops'), '.1f')} GFLOP/s ({peak.get('library')})")
+        sgemm = self.ctx.sgemm or {}
+        return (f"of peak: GFLOP/s / this run's GEMM rate at the row's precision ({sgemm.get('size')}^3, "
+                f"{sgemm.get('threads')} threads, median): " + "; ".join(parts))
