@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path[:0] = [str(TESTS), str(TESTS / "examples")]  # conftest, and the web test's browser driver
 from test_web_example import DevTools, Handler, ort_web  # noqa: E402
 
 from nsr_deploy.runtimes import load  # noqa: E402

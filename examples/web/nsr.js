@@ -1,13 +1,18 @@
 // docs/contract.md (version 1) in JavaScript: window lists, padding, valid, blending, rounding, with an
 // onnxruntime-web session. Images are {width, height, rgba: Uint8ClampedArray} (canvas ImageData).
 
-export async function loadExport(ort, baseUrl) {
+// ep: "wasm" or "webgpu". A fixed-batch file may have a batch-1 twin (targets.onnx.batch_one): calls of
+// fewer windows than the batch go there one window at a time instead of being filled with copies.
+export async function loadExport(ort, baseUrl, ep = "wasm", sessionOptions = {}) {
   const manifest = await (await fetch(new URL("nsr.json", baseUrl))).json();
   if (manifest.contract_version !== 1) throw new Error(`contract version ${manifest.contract_version} (this page implements 1)`);
   const onnx = manifest.targets.onnx;
   if (onnx.portable === false) throw new Error("model.onnx is ONNX-Runtime-CPU only (conv form nchwc): export a portable form");
-  const session = await ort.InferenceSession.create(new URL(onnx.file, baseUrl).href, { executionProviders: ["wasm"] });
-  return { manifest, session, staticBatch: manifest.io.static_batch || 0 };
+  const open = (file) => ort.InferenceSession.create(new URL(file, baseUrl).href, { ...sessionOptions, executionProviders: [ep] });
+  const staticBatch = manifest.io.static_batch || 0;
+  const main = { file: onnx.file, session: await open(onnx.file) };
+  const single = staticBatch > 1 && onnx.batch_one ? { file: onnx.batch_one.file, session: await open(onnx.batch_one.file) } : null;
+  return { manifest, ep, staticBatch, main, single };
 }
 
 function wholePlan(h, w) {
@@ -99,52 +104,67 @@ function toPlanes(img, c) {
   return x;
 }
 
-export async function restore(ort, engine, img, mode, onProgress = () => {}) {
-  const { manifest, session, staticBatch } = engine;
-  const c = manifest.semantics.channels, s = manifest.semantics.scale;
-  const h = img.height, w = img.width;
-  const plan = makePlan(mode, h, w, manifest.semantics, staticBatch);
-  const pad = planPad(plan, h, w), reflect = pad < h && pad < w;
-  const x = toPlanes(img, c);
-  const oh = h * s, ow = w * s;
-  const out = new Float32Array(c * oh * ow), weight = plan.overlapping ? new Float32Array(oh * ow) : null;
-  const call = staticBatch || 16, wh = plan.wh, ww = plan.ww;
-  for (let first = 0; first < plan.windows.length; first += call) {
-    const m = Math.min(call, plan.windows.length - first), n = staticBatch || m;
-    const xs = new Float32Array(n * c * wh * ww), vs = new Float32Array(n * wh * ww);
-    for (let b = 0; b < n; b++) {
-      const [ty, tx] = plan.windows[first + Math.min(b, m - 1)];  // a fixed batch: filled with the last window
-      for (let i = 0; i < wh; i++) {
-        const yy = ty + i, sy = paddedIndex(yy, h, reflect);
-        for (let j = 0; j < ww; j++) {
-          const xx = tx + j, sx = paddedIndex(xx, w, reflect);
-          for (let k = 0; k < c; k++) xs[((b * c + k) * wh + i) * ww + j] = x[(k * h + sy) * w + sx];
-          vs[(b * wh + i) * ww + j] = yy >= 0 && yy < h && xx >= 0 && xx < w ? 1 : 0;
-        }
+// Windows `ids` of the plan cut from the padded image into x [n, c, wh, ww] and valid [n, 1, wh, ww];
+// a fixed batch longer than ids is filled with copies of the last window (contract section 1).
+function cutWindows(src, plan, ids, n) {
+  const { x, c, h, w, reflect } = src, wh = plan.wh, ww = plan.ww;
+  const xs = new Float32Array(n * c * wh * ww), vs = new Float32Array(n * wh * ww);
+  for (let b = 0; b < n; b++) {
+    const [ty, tx] = plan.windows[ids[Math.min(b, ids.length - 1)]];
+    for (let i = 0; i < wh; i++) {
+      const yy = ty + i, sy = paddedIndex(yy, h, reflect);
+      for (let j = 0; j < ww; j++) {
+        const xx = tx + j, sx = paddedIndex(xx, w, reflect);
+        for (let k = 0; k < c; k++) xs[((b * c + k) * wh + i) * ww + j] = x[(k * h + sy) * w + sx];
+        vs[(b * wh + i) * ww + j] = yy >= 0 && yy < h && xx >= 0 && xx < w ? 1 : 0;
       }
     }
-    const result = await session.run({
-      x: new ort.Tensor("float32", xs, [n, c, wh, ww]), valid: new ort.Tensor("float32", vs, [n, 1, wh, ww]),
-    });
-    const y = result.y.data, yh = wh * s, yw = ww * s;
-    for (let b = 0; b < m; b++) {
-      const [ty, tx, ky0, kx0, ky1, kx1, wt] = plan.windows[first + b];
-      const w32 = Math.fround(wt);
-      for (let i = ky0 * s; i < ky1 * s; i++) {
-        const oy = ty * s + i;
-        for (let j = kx0 * s; j < kx1 * s; j++) {
-          const ox = tx * s + j;
-          for (let k = 0; k < c; k++) {
-            const v = y[((b * c + k) * yh + i) * yw + j], o = (k * oh + oy) * ow + ox;
-            out[o] = weight ? out[o] + Math.fround(w32 * v) : v;  // Float32Array stores round to float32
-          }
-          if (weight) weight[oy * ow + ox] += w32;
-        }
-      }
-    }
-    onProgress(Math.min(plan.windows.length, first + m), plan.windows.length);
   }
-  const rgba = new Uint8ClampedArray(4 * oh * ow), n = oh * ow;
+  return { xs, vs, n };
+}
+
+// The kept part of each window's output y into the accumulator (blended when windows overlap).
+function keep(acc, plan, ids, y) {
+  const { out, weight, c, s, oh, ow } = acc, yh = plan.wh * s, yw = plan.ww * s;
+  ids.forEach((id, b) => {
+    const [ty, tx, ky0, kx0, ky1, kx1, wt] = plan.windows[id];
+    const w32 = Math.fround(wt);
+    for (let i = ky0 * s; i < ky1 * s; i++) {
+      const oy = ty * s + i;
+      for (let j = kx0 * s; j < kx1 * s; j++) {
+        const ox = tx * s + j;
+        for (let k = 0; k < c; k++) {
+          const v = y[((b * c + k) * yh + i) * yw + j], o = (k * oh + oy) * ow + ox;
+          out[o] = weight ? out[o] + Math.fround(w32 * v) : v;  // Float32Array stores round to float32
+        }
+        if (weight) weight[oy * ow + ox] += w32;
+      }
+    }
+  });
+}
+
+async function runWindows(ort, file, src, plan, ids, n, calls) {
+  const { xs, vs } = cutWindows(src, plan, ids, n);
+  const result = await file.session.run({
+    x: new ort.Tensor("float32", xs, [n, src.c, plan.wh, plan.ww]), valid: new ort.Tensor("float32", vs, [n, 1, plan.wh, plan.ww]),
+  });
+  calls[file.file] = (calls[file.file] || 0) + 1;
+  return result.y.data;
+}
+
+// One call's windows through the engine: a full fixed batch (or any number, for a dynamic batch) to the
+// main file; fewer than the fixed batch to batch_one one at a time, else filled to the batch.
+async function runCall(ort, engine, src, plan, ids, acc, calls) {
+  const { main, single, staticBatch } = engine;
+  if (single && ids.length < staticBatch) {
+    for (const id of ids) keep(acc, plan, [id], await runWindows(ort, single, src, plan, [id], 1, calls));
+  } else {
+    keep(acc, plan, ids, await runWindows(ort, main, src, plan, ids, staticBatch || ids.length, calls));
+  }
+}
+
+function toRgba(acc) {
+  const { out, weight, c, oh, ow } = acc, rgba = new Uint8ClampedArray(4 * oh * ow), n = oh * ow;
   for (let i = 0; i < n; i++) {
     for (let k = 0; k < 3; k++) {
       let v = out[(c === 3 ? k : 0) * n + i];
@@ -153,5 +173,25 @@ export async function restore(ort, engine, img, mode, onProgress = () => {}) {
     }
     rgba[4 * i + 3] = 255;
   }
-  return { width: ow, height: oh, rgba, plan, pad };
+  return rgba;
+}
+
+// The image restored per docs/contract.md; `calls` counts the engine calls per file.
+export async function restore(ort, engine, img, mode, onProgress = () => {}) {
+  const { manifest, staticBatch } = engine;
+  const c = manifest.semantics.channels, s = manifest.semantics.scale;
+  const h = img.height, w = img.width;
+  const plan = makePlan(mode, h, w, manifest.semantics, staticBatch);
+  const pad = planPad(plan, h, w);
+  const src = { x: toPlanes(img, c), c, h, w, reflect: pad < h && pad < w };
+  const oh = h * s, ow = w * s;
+  const acc = { out: new Float32Array(c * oh * ow), weight: plan.overlapping ? new Float32Array(oh * ow) : null, c, s, oh, ow };
+  const call = staticBatch || 16, calls = {};
+  for (let first = 0; first < plan.windows.length; first += call) {
+    const ids = [];
+    for (let id = first; id < Math.min(first + call, plan.windows.length); id++) ids.push(id);
+    await runCall(ort, engine, src, plan, ids, acc, calls);
+    onProgress(first + ids.length, plan.windows.length);
+  }
+  return { width: ow, height: oh, rgba: toRgba(acc), plan, pad, calls };
 }

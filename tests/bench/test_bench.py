@@ -3,6 +3,7 @@ content (rows, skipped backends with reasons, JSON, PNG), and the parity gate lo
 fails, an exact one passes). No timing assertions: figures are only checked to exist and be positive."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,12 +122,16 @@ def test_layer_suite_has_figure5_rows_for_every_backend(report):
     forms = {"torch": ["eager"], "onnxruntime": ["grouped", "nchwc"], "openvino": ["grouped"]}
     for backend in backends:
         mine = [r for r in rows if r["backend"] == backend]
-        # one plain-conv baseline per backend, then 4 fixed size + 4 fixed FLOPs per conv form
-        assert len(mine) == 1 + 8 * len(forms[backend]), backend
+        # per conv form and protocol: its own plain-conv baseline and k = 2, 4, 8, 16
+        assert len(mine) == 10 * len(forms[backend]), backend
         for form in forms[backend]:
             assert sum(r["variant"] == form for r in mine) == 8, (backend, form)
-        base = next(r for r in mine if r["protocol"] == "baseline")
-        assert base["ratio"] == 1.0 and base["paper_ms"] == paper_numbers.BASELINE_MS
+            for protocol in ("fixed size", "fixed FLOPs"):
+                line = [r for r in mine if r["timed_with"] == f"{form} {protocol}"]
+                base = next(r for r in line if r["protocol"] == "baseline")
+                assert len(line) == 5 and base["ratio"] == 1.0 and base["paper_ms"] == paper_numbers.BASELINE_MS
+                for r in line:  # each ratio is to the baseline timed beside it
+                    assert r["ratio"] == round(r["ms"] / base["ms"], 3), r
         for r in mine:
             assert r["ms"] > 0 and r["runs"] == 1 and r["threads"] == 2
             assert r["max_abs_vs_reference"] < 1e-4  # the exported graph computes the reference layer
@@ -260,7 +265,7 @@ def test_a_crashing_configuration_is_reported_and_the_run_goes_on(monkeypatch):
                                     progress=False)
     result = run_bench(settings)
     assert result.passed is False and len(result.data["crashed"]) == 2  # k=4 at fixed size and at fixed FLOPs
-    assert len(result.data["suites"]["layer"]["rows"]) == 7
+    assert len(result.data["suites"]["layer"]["rows"]) == 8  # two baselines (one per line) and 3 + 3 sparse
     assert "crashed: layer torch eager fixed size k=4: RuntimeError: kaboom" in result.render()
 
 
@@ -396,8 +401,9 @@ def test_each_table_is_shown_as_it_is_done_with_plain_progress_lines_when_piped(
     kinds = [e if e[0] == "job" else ("text", e[1].splitlines()[0][:31]) for e in events]
     assert events[0][0] == "text" and events[0][1].startswith("the-test  [quick preset]")
     torch_table, ort_table = ("text", "layer (paper Figure 5) on torch"), ("text", "layer (paper Figure 5) on onnxr")
-    assert kinds.index(("job", "layer torch timing")) < kinds.index(torch_table) \
-        < kinds.index(("job", "layer onnxruntime plain conv")) < kinds.index(("job", "layer onnxruntime timing")) \
+    assert kinds.index(("job", "layer torch eager fixed FLOPs timing")) < kinds.index(torch_table) \
+        < kinds.index(("job", "layer onnxruntime matmul fixed size plain conv")) \
+        < kinds.index(("job", "layer onnxruntime matmul fixed FLOPs timing")) \
         < kinds.index(ort_table) < kinds.index(("job", "model reference path"))
     shown = [text for kind, text in events if kind == "text"]
     assert len(shown) == 1 + report.streamed and report.streamed == len(report.tables) - bool(report.data["summary"])
@@ -457,8 +463,9 @@ def test_a_run_prints_user_words_only(report):
     assert not re.search(r"\bissues?\b|#\d|\bticket|\bthis week\b|goal \(|target \(", text, re.IGNORECASE), text
 
 
-def test_a_layer_backends_graphs_are_closed_before_the_next_backends_are_opened(monkeypatch):
-    """Memory: every open graph holds its activation buffers, so only one backend's may be open at a time."""
+def test_a_layer_forms_graphs_are_closed_before_the_next_forms_are_opened(monkeypatch):
+    """Memory: every open graph holds its activation buffers, so only one table line's (a form under one
+    protocol, with its baseline) may be open at a time."""
     from nsr_deploy.bench.suites import layer
 
     open_now, seen = set(), []
@@ -482,5 +489,7 @@ def test_a_layer_backends_graphs_are_closed_before_the_next_backends_are_opened(
                                     conv_forms=("grouped", "matmul"), layer=TINY_LAYER, threads=1, progress=False)
     result = run_bench(settings)
     assert result.data["crashed"] == [] and not open_now  # all closed at the end
-    assert max(len(s) for s in seen) == 1 + 2 * 8  # a backend's baseline and both forms' configurations together
+    assert max(len(s) for s in seen) == 1 + 4  # a line's baseline and its four configurations together
     assert all(len({b for b, _ in s}) == 1 for s in seen), "two backends' graphs open at once"
+    for s in seen:  # never two forms' or protocols' sparse graphs at once
+        assert len({Path(p).name.rsplit("-", 1)[0] for _, p in s if "-conv-" not in Path(p).name}) <= 1, s

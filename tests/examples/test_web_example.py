@@ -1,7 +1,9 @@
 """examples/web (onnxruntime-web in Chromium, docs/contract.md): the page restores conformance inputs and
-a real CSet5 image through the bundled sr-x2; its window lists equal the vectors', its pixels equal
-`restore`'s within the contract's tolerance. Headless Chromium driven over the DevTools protocol on a
-pipe (no extra Python package); the page served from 127.0.0.1 only.
+a real CSet5 image through the bundled sr-x2, on the WebAssembly and the WebGPU execution providers; its
+window lists equal the vectors', its pixels equal `restore`'s within the contract's tolerance; a fixed-batch
+export's short calls go to its batch-1 twin. Headless Chromium driven over the DevTools protocol on a pipe
+(no extra Python package); the page served from 127.0.0.1 only. WebGPU runs on Chromium's software adapter
+(SwiftShader), slowly: its cases use small inputs.
 
 Needs Debian's `chromium` and npm (onnxruntime-web is installed by the test into
 ~/.cache/nsr-deploy/web, outside the repository).
@@ -24,6 +26,11 @@ from PIL import Image
 
 from conftest import DATA, ROOT, within_contract_tolerance
 from nsr_deploy.runtimes import load
+
+# WebGPU without a GPU: Chromium's SwiftShader adapter, which needs the unsafe-WebGPU switch on Linux
+WEBGPU_FLAGS = ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"]
+# what must run on the WebGPU EP (ORT keeps shape arithmetic, int64 Gather / Concat / Unsqueeze, on the CPU)
+COMPUTE_OPS = {"Conv", "MatMul", "Gemm", "Softmax", "ReduceMean", "DepthToSpace"}
 
 PAGE = ROOT / "examples" / "web"
 ORT_WEB = "onnxruntime-web@1.30.0"
@@ -87,7 +94,7 @@ class DevTools:
 
         self.proc = subprocess.Popen([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
                                       "--remote-debugging-pipe", f"--user-data-dir={profile}",
-                                      "--window-size=1200,800", "about:blank"],
+                                      *WEBGPU_FLAGS, "--window-size=1200,800", "about:blank"],
                                      preexec_fn=fds, pass_fds=(3, 4, to_child, from_child),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_child)
@@ -129,10 +136,21 @@ class DevTools:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory, contract_exports):
+def grouped_export(tmp_path_factory) -> Path:
+    """The default export of the bundled sr-x2: grouped, a fixed batch of 16 and its batch-1 twin."""
+    from nsr_deploy.exporters.pipeline import ExportOptions, export
+    from nsr_deploy.models import load_model
+
+    folder = tmp_path_factory.mktemp("web-grouped") / "sr-x2"
+    export(load_model("sr-x2"), folder, "onnx", ExportOptions(show_progress=False, conformance=True, threads=1))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory, contract_exports, grouped_export):
     """(DevTools, port, folders): a headless Chromium and the page's server, each export folder mounted."""
     root = tmp_path_factory.mktemp("web")
-    folders = contract_exports
+    folders = {**contract_exports, "sr-x2-grouped": grouped_export}
     mounts = {"node_modules": ort_web(), "images": DATA / "CSet5", **{f"exports/{k}": v for k, v in folders.items()}}
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, mounts=mounts))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -144,17 +162,30 @@ def page(tmp_path_factory, contract_exports):
         server.shutdown()
 
 
-def open_page(page, name):
+def open_page(page, name, ep="wasm"):
     tools, port, _ = page
-    session = tools.open(f"http://127.0.0.1:{port}/index.html?export=exports/{name}/")
+    session = tools.open(f"http://127.0.0.1:{port}/index.html?export=exports/{name}/&ep={ep}")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         state = tools.evaluate(session, "window.nsrReady ?? null")
         if state is True:
             return session
+        if ep == "webgpu" and isinstance(state, str) and "WebGPU" in state and "adapter" in state:
+            pytest.skip(f"this Chromium offers no WebGPU adapter: {state}")
         assert state is None, state  # the page's own error line
         time.sleep(0.2)
     raise AssertionError("the page did not load")
+
+
+def assert_ran_on(got, ep):
+    """ORT's own node placements: on WebGPU every compute node on its EP (no silent CPU fallback)."""
+    for file, placed in got["placements"].items():
+        if ep == "wasm":
+            assert set(placed["nodes"]) == {"CPUExecutionProvider"}, (file, placed)
+        else:
+            assert got["adapter"]["architecture"], got["adapter"]
+            on_cpu = set(placed["ops"].get("CPUExecutionProvider", {}))
+            assert COMPUTE_OPS & set(placed["ops"]["WebGpuExecutionProvider"]) and not COMPUTE_OPS & on_cpu, placed
 
 
 def restore_in_page(page, session, url, tiling):
@@ -163,15 +194,51 @@ def restore_in_page(page, session, url, tiling):
     return got, rgba[..., :3]
 
 
-@pytest.mark.parametrize("name", ["tiny-static", "sr-x2"])
-def test_page_reproduces_the_conformance_vectors(page, name):
+def eight_bit_vectors(folder):
+    """The vectors of plain 8-bit files: the page decodes through a canvas, which does not follow the
+    contract's section 2 rules for 16-bit, alpha, palette or EXIF-rotated files."""
+    vectors = json.loads((folder / "nsr.json").read_text())["conformance"]["vectors"]
+    return [v for v in vectors if v.get("format", "8-bit") == "8-bit"]
+
+
+def conformance_check(page, name, ep):
     folder = page[2][name]
-    session = open_page(page, name)
-    for v in json.loads((folder / "nsr.json").read_text())["conformance"]["vectors"]:
+    session = open_page(page, name, ep)
+    for v in eight_bit_vectors(folder):
         got, rgb = restore_in_page(page, session, f"exports/{name}/{v['input']}", v["tiling"])
         want = json.loads((folder / v["windows"]).read_text())
         assert (got["window"], got["pad"], got["windows"]) == (want["window"], want["pad"], want["windows"]), v
         assert within_contract_tolerance(rgb, np.asarray(Image.open(folder / v["expected"]))), v
+        assert got["ep"] == ep
+    assert_ran_on(got, ep)
+
+
+@pytest.mark.parametrize("name", ["tiny-static", "sr-x2", "sr-x2-grouped"])
+def test_page_reproduces_the_conformance_vectors(page, name):
+    conformance_check(page, name, "wasm")
+
+
+def test_page_reproduces_the_conformance_vectors_on_webgpu(page):
+    """The tiny fixed-batch grouped export (full and short calls) on the WebGPU EP: the sr-x2 vectors
+    take minutes on a software adapter (docs/notes/webgpu.md)."""
+    conformance_check(page, "tiny-static", "webgpu")
+
+
+@pytest.mark.parametrize("ep", ["wasm", "webgpu"])
+def test_page_runs_a_whole_image_on_batch_one(page, tmp_path, ep):
+    """A whole small image through sr-x2's default (grouped, batch 16) export: one call of model-b1.onnx,
+    not 16 copies through model.onnx; the pixels are `restore`'s."""
+    crop = np.asarray(Image.open(DATA / "CSet5" / "butterfly.png").convert("RGB"))[:40, :48] if ep == "webgpu" \
+        else np.asarray(Image.open(DATA / "CSet5" / "butterfly.png").convert("RGB"))[:120, :150]
+    folder = page[2]["sr-x2-grouped"]
+    Image.fromarray(crop).save(folder / f"crop-{ep}.png")
+    session = open_page(page, "sr-x2-grouped", ep)
+    got, rgb = restore_in_page(page, session, f"exports/sr-x2-grouped/crop-{ep}.png", "reference")
+    with load(folder, backend="onnxruntime", tiling="reference") as engine:
+        want = engine.restore(crop)
+    assert got["calls"] == {"model-b1.onnx": 1}, got["calls"]
+    assert within_contract_tolerance(rgb, want)
+    assert_ran_on(got, ep)
 
 
 @pytest.mark.parametrize("tiling", ["reference", "cells"])
@@ -182,3 +249,29 @@ def test_page_equals_restore_on_a_real_image(page, tiling):
         want = engine.restore(np.asarray(Image.open(DATA / "CSet5" / "butterfly.png").convert("RGB")))
     assert len(got["windows"]) > 1
     assert within_contract_tolerance(rgb, want)
+
+
+def test_page_reruns_on_a_new_tiling_and_the_same_file(page):
+    """Through the page's own controls: the file input, then the tiling select, then the same file again."""
+    tools, session = page[0], open_page(page, "sr-x2")
+    tools.call("DOM.enable", session)
+    root = tools.call("DOM.getDocument", session)["root"]["nodeId"]
+    file_input = tools.call("DOM.querySelector", session, nodeId=root, selector="#file")["nodeId"]
+
+    def pick_and_wait(count, action):
+        action()
+        deadline = time.monotonic() + 120
+        while tools.evaluate(session, "nsrResults.length") < count:
+            assert time.monotonic() < deadline, tools.evaluate(session, "document.getElementById('status').textContent")
+            time.sleep(0.2)
+        return tools.evaluate(session, f"nsrResults[{count - 1}]")
+
+    image = str(DATA / "CSet5" / "butterfly.png")
+    pick = lambda: tools.call("DOM.setFileInputFiles", session, files=[image], nodeId=file_input)  # noqa: E731
+    first = pick_and_wait(1, pick)
+    assert tools.evaluate(session, "document.getElementById('file').value") == ""  # reset for the next pick
+    to_cells = "(t => { t.value = 'cells'; t.dispatchEvent(new Event('change')); })(document.getElementById('tiling'))"
+    second = pick_and_wait(2, lambda: tools.evaluate(session, to_cells))
+    third = pick_and_wait(3, pick)
+    assert (first["tiling"], second["tiling"], third["tiling"]) == ("reference", "cells", "cells")
+    assert first["windows"] != second["windows"] == third["windows"]

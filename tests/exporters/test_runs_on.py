@@ -68,6 +68,22 @@ def test_vulkan_is_claimed_only_for_what_the_lavapipe_run_executes():
         assert any("hardware Vulkan" in p["where"] for p in places["not_verified"]), entry
 
 
+def test_webgpu_is_claimed_only_for_what_the_browser_run_executes():
+    """The WebGPU test runs fp32 grouped ONNX files in Chromium: other forms and precisions list WebGPU as not
+    verified, and hardware GPUs stay not verified for all."""
+    from nsr_deploy.exporters.onnx import target
+
+    for entry, claimed in (({"precision": "fp32", "conv_form": "grouped"}, True),
+                           ({"precision": "fp16", "conv_form": "grouped"}, False),
+                           ({"precision": "fp32", "conv_form": "matmul"}, False)):
+        manifest = {"targets": {"onnx": {"file": "f", "ir_version": 8, **entry}}, "tools": TOOLS}
+        places = r.runs_on(manifest, target_module)["onnx"]
+        on_gpu = [p for p in places["verified"] if "WebGPU" in p["where"]]
+        assert bool(on_gpu) == claimed and all(p["by"] == target.WEBGPU for p in on_gpu), entry
+        assert claimed or any("WebGPU" in p["where"] for p in places["not_verified"]), entry
+        assert any("hardware GPU" in p["where"] for p in places["not_verified"]), entry
+
+
 def test_a_place_is_either_verified_or_says_why():
     with pytest.raises(ValueError):
         r.Where("somewhere")

@@ -16,7 +16,8 @@ PROTOCOLS = ("fixed size", "fixed FLOPs")
 
 
 def _series(rows: list[dict], backend: str, variant: str, protocol: str, key: str) -> tuple[list, list]:
-    base = next((r for r in rows if r["backend"] == backend and r["protocol"] == "baseline" and key in r), None)
+    base = next((r for r in rows if r["backend"] == backend and r["protocol"] == "baseline" and key in r
+                 and r.get("timed_with", f"{variant} {protocol}") == f"{variant} {protocol}"), None)  # timed beside
     xs, ys = ([1], [base[key]]) if base and base.get(key) is not None else ([], [])
     for r in sorted((r for r in rows if r["backend"] == backend and r["variant"] == variant
                      and r["protocol"] == protocol and r.get(key) is not None), key=lambda r: r["k"]):

@@ -18,11 +18,13 @@ Backends: PyTorch eager runs the reference layer against ``nn.Conv2d``; ONNX Run
 run exported single-layer graphs (:mod:`.layer_graphs`), every sparse conv form the run asks for
 against a plain ``Conv`` graph. Figures are the mean of the timed runs (the paper's statistic), in
 ms per call of the whole batch; each side's ratio to its own baseline is what compares with the
-paper. A backend's configurations are all opened first and then timed together, their runs interleaved
-in rounds (:func:`~nsr_deploy.core.timing.measure_interleaved`), so that the machine's drift does not
-fall between a configuration and its baseline; then they are closed, before the next backend's are
-opened (a backend's open graphs hold their activation buffers: all backends' at once took gigabytes).
-Each backend gets its own table, shown as soon as it is timed: PyTorch eager's comes within seconds.
+paper. Each line of a table (a backend's conv form under one protocol, k = 2..16) is timed with its own
+plain-conv baseline: the four configurations and the baseline are opened, then timed together, their
+runs interleaved in rounds (:func:`~nsr_deploy.core.timing.measure_interleaved`), so that the machine's
+drift does not fall between a configuration and its baseline; then they are closed, before the next
+line's are opened (an open graph holds its activation buffers: a backend's 25 graphs at once took 4.3 GB
+in ONNX Runtime, its matmul form's nine 2.2 GB). Each backend gets its own table, shown as soon as its
+last line is timed: PyTorch eager's comes within seconds.
 Each exported graph's output is checked against the reference layer (first two patches).
 """
 
@@ -145,8 +147,8 @@ class LayerSuite:
         self.rows: list[dict] = []
         self.skipped: dict[str, str] = {}
         self._modules: LayerModules | None = None
-        self._calls: dict[str, list] = {}  # backend -> (row, config, call) prepared, not yet timed
-        self._stacks: dict[str, ExitStack] = {}  # backend -> its open runners
+        self._calls: dict[tuple, list] = {}  # (backend, form) -> (row, config, call) prepared, not yet timed
+        self._stacks: dict[tuple, ExitStack] = {}  # (backend, form) -> its open runners
         self.backends: list[str] = []  # in run order, once jobs() has listed them
 
     @property
@@ -180,24 +182,30 @@ class LayerSuite:
         self.backends = list(dict.fromkeys(backend for backend, _ in variants))
         jobs = []
         for backend in self.backends:
-            for i, variant in enumerate(v for b, v in variants if b == backend):
-                for c in configurations(self.p)[0 if i == 0 else 1:]:  # one plain-conv baseline per backend
-                    what = "plain conv" if c.protocol == "baseline" else f"{variant} {c.key}"
-                    jobs.append(Job(f"layer {backend} {what}",
-                                    lambda b=backend, v=variant, c=c: self.prepare(b, v, c)))
-            # Every configuration of a backend is timed in one interleaved measurement: the ratios to its
-            # baseline are the figures, so drift of the machine must not fall between them.
-            jobs.append(Job(f"layer {backend} timing", lambda b=backend: self.time_backend(b),
-                            shows=lambda b=backend: [self.backend_table(b)]))
+            forms, configs = [v for b, v in variants if b == backend], configurations(self.p)
+            for variant in forms:
+                for protocol in PROTOCOLS[1:]:
+                    line = f"{variant} {protocol}"
+                    for c in [configs[0], *(c for c in configs if c.protocol == protocol)]:
+                        what = f"{line} plain conv" if c.protocol == "baseline" else f"{variant} {c.key}"
+                        jobs.append(Job(f"layer {backend} {what}",
+                                        lambda b=backend, v=variant, c=c, line=line: self.prepare(b, v, c, line)))
+                    # A line's configurations and its baseline are timed in one interleaved measurement: the
+                    # ratios to the baseline are the figures, so drift must not fall between them.
+                    last = variant == forms[-1] and protocol == PROTOCOLS[-1]
+                    shows = (lambda b=backend: [self.backend_table(b)]) if last else None
+                    jobs.append(Job(f"layer {backend} {line} timing",
+                                    lambda b=backend, line=line: self.time_line(b, line), shows=shows))
         return jobs
 
-    def prepare(self, backend: str, variant: str, c: LayerConfig) -> None:
-        """Build and open ``c`` in ``variant`` and check its output; timed later with its backend's others."""
+    def prepare(self, backend: str, variant: str, c: LayerConfig, line: str) -> None:
+        """Build and open ``c`` in ``variant`` and check its output; timed later with its ``line``'s others."""
         p = self.p
         row = {"backend": backend, "variant": "baseline" if c.protocol == "baseline" else variant,
-               "protocol": c.protocol, "k": c.k, "per_patch_out": c.out, "parameters": parameters(p, c),
-               "conv_gflop_per_call": round(conv_flops(p, c) / 1e9, 4), "threads": self.ctx.threads}
-        stack = self._stacks.setdefault(backend, ExitStack())
+               "timed_with": line, "protocol": c.protocol, "k": c.k, "per_patch_out": c.out,
+               "parameters": parameters(p, c), "conv_gflop_per_call": round(conv_flops(p, c) / 1e9, 4),
+               "threads": self.ctx.threads}
+        stack = self._stacks.setdefault((backend, line), ExitStack())
         try:
             call, out = self._prepare(stack, backend, variant, c)
         except NSRError as e:
@@ -205,7 +213,7 @@ class LayerSuite:
             return
         row["max_abs_vs_reference"] = float(f"{np.max(np.abs(out - self.modules.reference(c))):.3g}")
         self.rows.append(row)
-        self._calls.setdefault(backend, []).append((row, c, call))
+        self._calls.setdefault((backend, line), []).append((row, c, call))
 
     def _prepare(self, stack: ExitStack, backend: str, variant: str, c: LayerConfig):
         """The call to time (the whole batch) and the output on the first patches."""
@@ -225,13 +233,14 @@ class LayerSuite:
         runner = stack.enter_context(layer_runner(backend, self.graph(c, variant, backend), self.ctx.threads))
         return (lambda: runner.infer(mods.x_np, valid)), runner.infer(mods.x_np, valid)[:CHECKED_PATCHES]
 
-    def time_backend(self, backend: str) -> None:
-        """Every prepared configuration of ``backend``, interleaved (:func:`.timing.measure_rows`)."""
-        p, entries = self.p, self._calls.pop(backend, [])
+    def time_line(self, backend: str, line: str) -> None:
+        """Every prepared configuration of ``line`` on ``backend`` with its baseline, interleaved
+        (:func:`.timing.measure_rows`); each ratio is to the baseline timed beside it."""
+        p, entries = self.p, self._calls.pop((backend, line), [])
         try:
             timings = measure_rows([(row, call) for row, _, call in entries], p.runs, p.warmup)
         finally:
-            self._stacks.pop(backend, ExitStack()).close()
+            self._stacks.pop((backend, line), ExitStack()).close()
         for (row, c, _), timing in zip(entries, timings):
             ms = timing.mean
             row.update(timing.as_dict())
@@ -239,10 +248,10 @@ class LayerSuite:
                         "conv_gflops": round(conv_flops(p, c) / (ms * 1e6), 2),
                         "paper_ms": paper.paper_ms(c.protocol, c.k),
                         "paper_ratio": _round(paper.paper_ratio(c.protocol, c.k))})
-        base = self._baseline_ms(backend)  # ratios now: the backend's table is shown before the suite ends
+        base = self.baseline(backend, line)  # ratios now: the table is shown before the suite ends
         for r in self.rows:
-            if r["backend"] == backend:
-                r["ratio"] = _round(r["ms"] / base) if base and "ms" in r else None
+            if r["backend"] == backend and r["timed_with"] == line:
+                r["ratio"] = _round(r["ms"] / base["ms"]) if base and "ms" in base and "ms" in r else None
 
     def graph(self, c: LayerConfig, variant: str, backend: str) -> Path:
         """The exported graph of ``c`` in ``variant``, exported once and shared by the backends that read ONNX
@@ -260,12 +269,6 @@ class LayerSuite:
         return path
 
     # -- results ---------------------------------------------------------------------------------
-    def _baseline_ms(self, backend: str) -> float | None:
-        for r in self.rows:
-            if r["backend"] == backend and r["protocol"] == "baseline" and "ms" in r:
-                return r["ms"]
-        return None
-
     def result(self) -> dict:
         for r in self.rows:
             r.setdefault("ratio", None)  # a backend whose timing crashed
@@ -285,10 +288,14 @@ class LayerSuite:
 
     def cell(self, backend: str, variant: str, protocol: str, k: int) -> dict | None:
         for r in self.rows:
-            if r["backend"] == backend and r["protocol"] == protocol and r["k"] == k and \
-                    (protocol == "baseline" or r["variant"] == variant):
+            if r["backend"] == backend and r["protocol"] == protocol and r["k"] == k and r["variant"] == variant:
                 return r
         return None
+
+    def baseline(self, backend: str, line: str) -> dict | None:
+        """The plain-conv row timed beside ``line`` ("<form> <protocol>")."""
+        return next((r for r in self.rows if r["backend"] == backend and r["protocol"] == "baseline"
+                     and r["timed_with"] == line), None)
 
     def tables(self) -> list[Table]:
         """One table per backend, in run order (each already shown when its timing ended)."""
@@ -307,9 +314,9 @@ class LayerSuite:
                          *[fmt(paper.paper_ms(protocol, k)) for k in ks],
                          *[fmt(paper.paper_ratio(protocol, k)) for k in ks]])
         for variant, label in self.lines(backend):
-            base = self.cell(backend, variant, "baseline", 1)
             for protocol in PROTOCOLS[1:]:
                 cells = [self.cell(backend, variant, protocol, k) for k in ks]
+                base = self.baseline(backend, f"{variant} {protocol}")
                 rows.append([label if protocol == PROTOCOLS[1] else "", protocol, _ms(base),
                              *[_ms(c) for c in cells], *[fmt((c or {}).get("ratio")) for c in cells]])
         first = backend is None or backend == self.backends[0]
@@ -321,8 +328,9 @@ class LayerSuite:
     def _protocol_notes(self) -> list[str]:
         p = self.p
         return [f"one sparse conv {p.channels}->{p.channels}, {p.kernel}x{p.kernel}, batch {p.batch} of "
-                f"{p.patch}x{p.patch} patches, d={p.cardinals}; mean of {p.runs} runs after {p.warmup} warm-up, a "
-                f"backend's configurations interleaved in rounds; {self.ctx.threads} threads for every backend",
+                f"{p.patch}x{p.patch} patches, d={p.cardinals}; mean of {p.runs} runs after {p.warmup} warm-up, each "
+                f"line's configurations and its own baseline interleaved in rounds; {self.ctx.threads} threads for "
+                "every backend",
                 "paper: batch 100, mean of 100 runs, ms as printed in Figure 5 (they fit per-patch time; "
                 "compare the ratios)"]
 

@@ -73,6 +73,9 @@ def unavailable() -> str | None:
 
 
 
+WEBGPU = "tests/examples/test_web_example.py::test_page_reproduces_the_conformance_vectors_on_webgpu"
+WEBGPU_WHERE = ("WebGPU (onnxruntime-web's WebGPU execution provider, every compute node on it), run in "
+                "headless Chromium on its SwiftShader software adapter")
 ORT_MIN = "1.17"  # the IR version / opset the export writes is one ONNX Runtime >= 1.17 reads
 
 
@@ -88,19 +91,26 @@ def runs_on(entry: dict, tools: dict) -> list:
                          "(cached)", "tests/runtimes/onnxruntime/test_ort_specialise.py::"
                          "test_specialised_model_equals_the_portable_one"),
               r.verified("the runtime-only install (no torch)", r.RUNTIME_EXTRA),
-              r.verified("ONNX Runtime's C++ API (examples/cpp)",
+              r.verified("OpenVINO's C++ API reading model.onnx (examples/cpp)",
                          "tests/examples/test_cpp_example.py::test_cpp_reproduces_the_conformance_vectors"),
               r.verified("Node.js (onnxruntime-node) and browsers (onnxruntime-web, WebAssembly)",
                          "tests/exporters/test_portable_exports.py::test_default_onnx_runs_in_onnxruntime_node_and_web")]
-    if entry.get("conv_form") == "grouped":  # the form the ARM64 run exports
+    if entry.get("conv_form") == "grouped":  # the form the ARM64 and WebGPU runs export
         places.append(r.verified(f"ONNX Runtime (Python) on {r.ARM64_WHERE}", r.ARM64))
+        if entry.get("precision", "fp32") == "fp32":
+            places.append(r.verified(f"browsers on {WEBGPU_WHERE}", WEBGPU))
+        else:
+            places.append(r.unverified(f"browsers on {WEBGPU_WHERE}",
+                                       f"the WebGPU run executes fp32 files, not {entry.get('precision')}"))
     else:
-        places.append(r.unverified("ONNX Runtime on ARM64 CPUs",
-                                   f"the emulated ARM64 run executes the grouped form, not {entry.get('conv_form')}"))
+        other = f"the grouped form, not {entry.get('conv_form')}"
+        places.append(r.unverified("ONNX Runtime on ARM64 CPUs", f"the emulated ARM64 run executes {other}"))
+        places.append(r.unverified(f"browsers on {WEBGPU_WHERE}", f"the WebGPU run executes {other}"))
     return [*places,
             r.unverified(f"ONNX Runtime releases older than {ort} (IR version {entry.get('ir_version')} needs "
                          f">= {ORT_MIN})", "only the installed release runs here"),
-            r.unverified("ONNX Runtime's GPU execution providers (CUDA, DirectML, CoreML)", "no GPU here"),
+            r.unverified("ONNX Runtime's GPU execution providers (CUDA, DirectML, CoreML), and WebGPU on a "
+                         "hardware GPU", "no GPU here (WebGPU ran on Chromium's software adapter only)"),
             r.unverified("other ONNX runtimes and the C# / Java bindings", "not run here; the graph uses standard ops "
                          "only (Conv, MatMul, Softmax, ReduceMean, DepthToSpace)")]
 
