@@ -137,3 +137,16 @@ def test_only_a_fixed_batch_model_gets_a_batch_one_twin(tmp_path):
     _, folder = _export(tmp_path, SPARSE, "matmul")
     assert "batch_one" not in json.loads((folder / "nsr.json").read_text())["targets"]["onnx"]
     assert not (folder / "model-b1.onnx").exists()
+
+
+def test_every_session_runs_without_the_memory_pattern(tmp_path):
+    """The memory pattern doubles activation memory (docs/backends/onnxruntime.md): off in the main session and
+    in the batch-1 one, specialised or portable."""
+    _, folder = _export(tmp_path, SPARSE)
+    options = []
+    for runner in _pair(folder / "model.onnx"):
+        with runner:
+            options += [s.get_session_options() for s in (runner.session, runner.single) if s is not None]
+    with load(folder, backend="onnxruntime", threads=2) as engine:  # the manifest's batch-1 twin
+        options += [s.get_session_options() for s in (engine.runner.session, engine.runner.single)]
+    assert len(options) >= 4 and all(o.enable_mem_pattern is False for o in options)
