@@ -9,30 +9,14 @@ twin the app would send the batch's worth of copies. The full call is the batch 
 full cells. Prints the medians and their ratio (whole / full call: at most 1.5 is the contract's aim).
 """
 
-import functools
-import http.server
 import json
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
-import time
 from pathlib import Path
 
 from PIL import Image
-
-TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path[:0] = [str(TESTS), str(TESTS / "examples")]  # conftest, and the web test's browser driver
-from test_web_example import DevTools, Handler, ort_web  # noqa: E402
-
-
-def cpu_line() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
-    return f"{model}; {' '.join(isa) or 'no AVX2'}"
+from web_page import cpu_line, page
 
 
 def main(export: Path, image: Path, exe: str, repeats: int = 5, ep: str = "wasm") -> None:
@@ -40,28 +24,20 @@ def main(export: Path, image: Path, exe: str, repeats: int = 5, ep: str = "wasm"
     cells = doc["semantics"]["tiling"]["cells"]
     side, s2 = cells["cell_max"] + 2 * cells["halo"], doc["semantics"]["scale"] ** 2
     w, h = Image.open(image).size
-    mounts = {"node_modules": ort_web(), "images": image.parent, "exports/m": export}
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, mounts=mounts))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    tools = DevTools(Path(tempfile.mkdtemp(prefix="nsr-chromium-")))
-    page = tools.open(f"http://127.0.0.1:{server.server_address[1]}/index.html?export=exports/m/&ep={ep}")
-    while (state := tools.evaluate(page, "window.nsrReady ?? null")) is not True:
-        if isinstance(state, str):
-            raise SystemExit(f"error: the page: {state}")
-        time.sleep(0.2)
-    ns = {"c++ whole": [], "c++ full call": [], "web whole": [], "web full call": []}
-    calls = None
-    for _ in range(repeats):
-        done = subprocess.run([exe, str(export), str(image), "/dev/null", "reference", "--bench", "1"],
-                              capture_output=True, text=True, check=True)
-        row = json.loads(done.stdout)["ns_per_output_pixel"][0]
-        ns["c++ whole"].append(row["whole"])
-        ns["c++ full call"].append(row["full_call"])
-        got = tools.evaluate(page, f"nsrRestoreUrl('images/{image.name}', 'reference')")
-        calls = got["calls"]
-        ns["web whole"].append(got["seconds"] / (h * w * s2) * 1e9)
-        full = tools.evaluate(page, f"nsrTimeFullCall({side})")
-        ns["web full call"].append(full["seconds"] / (full["windows"] * side * side * s2) * 1e9)
+    with page(export, image.parent, ep) as (tools, session):
+        ns = {"c++ whole": [], "c++ full call": [], "web whole": [], "web full call": []}
+        calls = None
+        for _ in range(repeats):
+            done = subprocess.run([exe, str(export), str(image), "/dev/null", "reference", "--bench", "1"],
+                                  capture_output=True, text=True, check=True)
+            row = json.loads(done.stdout)["ns_per_output_pixel"][0]
+            ns["c++ whole"].append(row["whole"])
+            ns["c++ full call"].append(row["full_call"])
+            got = tools.evaluate(session, f"nsrRestoreUrl('images/{image.name}', 'reference')")
+            calls = got["calls"]
+            ns["web whole"].append(got["seconds"] / (h * w * s2) * 1e9)
+            full = tools.evaluate(session, f"nsrTimeFullCall({side})")
+            ns["web full call"].append(full["seconds"] / (full["windows"] * side * side * s2) * 1e9)
     print(f"CPU: {cpu_line()}")
     print(f"{image.name} {w}x{h} (whole, web calls {calls}); full call: a batch of {side}x{side} windows; "
           f"web on {ep}; median of {repeats}, in turns")

@@ -9,60 +9,47 @@ EXPORT_DIR needs model.onnx in a portable form and model.xml (--target openvino 
 """
 
 import base64
-import functools
-import http.server
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from web_page import cpu_line, page
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path[:0] = [str(TESTS), str(TESTS / "examples")]  # conftest, and the web test's browser driver
-from test_web_example import DevTools, Handler, ort_web  # noqa: E402
-
-from nsr_deploy.runtimes import load  # noqa: E402
+from nsr_deploy.runtimes import load
 
 
 def main(export: Path, image: Path, exe: str, repeats: int = 3, screenshot: str | None = None) -> None:
     pixels = np.asarray(Image.open(image).convert("RGB"))
-    mounts = {"node_modules": ort_web(), "images": image.parent, "exports/m": export}
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, mounts=mounts))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    tools = DevTools(Path(tempfile.mkdtemp(prefix="nsr-chromium-")))
-    page = tools.open(f"http://127.0.0.1:{server.server_address[1]}/index.html?export=exports/m/")
-    while tools.evaluate(page, "window.nsrReady ?? null") is not True:
-        time.sleep(0.2)
-    engines = {b: load(export, backend=b) for b in ("onnxruntime", "openvino")}
-    times: dict = {}
-    out = Path(tempfile.mkdtemp()) / "cpp.png"
-    for tiling in ("reference", "cells"):
-        for engine in engines.values():
-            engine.tiling = tiling
-            engine.restore(pixels)  # warm
-        for _ in range(repeats):
-            for backend, engine in engines.items():
-                t0 = time.perf_counter()
-                engine.restore(pixels)
-                times.setdefault((f"python {backend}", tiling), []).append(time.perf_counter() - t0)
-            cmd = [exe, str(export), str(image), str(out), tiling]
-            log = subprocess.run(cmd, capture_output=True, text=True).stderr
-            seconds = float(re.search(r"restore ([0-9.]+) s", log).group(1))
-            times.setdefault(("c++ openvino", tiling), []).append(seconds)
-            got = tools.evaluate(page, f"nsrRestoreUrl('images/{image.name}', '{tiling}')")
-            times.setdefault(("web onnxruntime-web", tiling), []).append(got["seconds"])
-    for (impl, tiling), values in times.items():
-        print(f"{impl:<22} {tiling:<9} median {statistics.median(values):6.2f} s  {[round(v, 2) for v in values]}")
-    if screenshot:
-        Path(screenshot).write_bytes(base64.b64decode(tools.call("Page.captureScreenshot", page)["data"]))
-    tools.close()
-    server.shutdown()
+    with page(export, image.parent) as (tools, session):
+        engines = {b: load(export, backend=b) for b in ("onnxruntime", "openvino")}
+        times: dict = {}
+        out = Path(tempfile.mkdtemp()) / "cpp.png"
+        for tiling in ("reference", "cells"):
+            for engine in engines.values():
+                engine.tiling = tiling
+                engine.restore(pixels)  # warm
+            for _ in range(repeats):
+                for backend, engine in engines.items():
+                    t0 = time.perf_counter()
+                    engine.restore(pixels)
+                    times.setdefault((f"python {backend}", tiling), []).append(time.perf_counter() - t0)
+                cmd = [exe, str(export), str(image), str(out), tiling]
+                log = subprocess.run(cmd, capture_output=True, text=True).stderr
+                seconds = float(re.search(r"restore ([0-9.]+) s", log).group(1))
+                times.setdefault(("c++ openvino", tiling), []).append(seconds)
+                got = tools.evaluate(session, f"nsrRestoreUrl('images/{image.name}', '{tiling}')")
+                times.setdefault(("web onnxruntime-web", tiling), []).append(got["seconds"])
+        for (impl, tiling), values in times.items():
+            print(f"{impl:<22} {tiling:<9} median {statistics.median(values):6.2f} s  {[round(v, 2) for v in values]}")
+        if screenshot:
+            Path(screenshot).write_bytes(base64.b64decode(tools.call("Page.captureScreenshot", session)["data"]))
+    print(f"CPU: {cpu_line()}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _cpuinfo() -> dict:
+def cpu_info() -> dict:
     """Model name and the SIMD flags that matter to conv kernels, from /proc/cpuinfo (Linux)."""
     model, flags = None, []
     try:
@@ -69,7 +69,7 @@ def load_average() -> list[float] | None:
 
 
 def machine_facts(threads: int) -> dict:
-    cpu = _cpuinfo()
+    cpu = cpu_info()
     return {
         "cpu": cpu["model"],
         "cpu_openvino": _openvino_cpu_name(),

@@ -147,8 +147,8 @@ class LayerSuite:
         self.rows: list[dict] = []
         self.skipped: dict[str, str] = {}
         self._modules: LayerModules | None = None
-        self._calls: dict[tuple, list] = {}  # (backend, form) -> (row, config, call) prepared, not yet timed
-        self._stacks: dict[tuple, ExitStack] = {}  # (backend, form) -> its open runners
+        self._calls: dict[tuple, list] = {}  # (backend, line) -> (row, config, call) prepared, not yet timed
+        self._stacks: dict[tuple, ExitStack] = {}  # (backend, line) -> its open runners
         self.backends: list[str] = []  # in run order, once jobs() has listed them
 
     @property
