@@ -23,6 +23,7 @@ class Runner:
         self.path = str(path)
         self.threads = threads
         self._files = files  # contract.EngineFiles: the verified bytes of an export folder's engine
+        self.auto_choice: dict | None = None  # set when load(backend="auto") chose this runner: which, and why
         self.static_batch: int | None = None
         self._active = False
         self._lock = threading.Lock()
@@ -81,6 +82,10 @@ class Runner:
             raise NSRError(f"{self.path}: the {self.backend} engine failed on input {list(x.shape)} ({first})") \
                 from None
 
+    def max_window(self) -> tuple[int, int] | None:
+        """The largest window ``(h, w)`` the engine takes, once active; None: any size."""
+        return None
+
     def computed_items(self, m: int) -> int:
         """Batch items one call of ``m`` patches really computes (a fixed batch pads short calls)."""
         n = self.static_batch
@@ -115,5 +120,8 @@ class Runner:
         raise NotImplementedError
 
     def describe(self) -> dict:
-        return {"backend": self.backend, "precision": self.precision, "path": self.path,
-                "threads": self.threads, "static_batch": self.static_batch}
+        out = {"backend": self.backend, "precision": self.precision, "path": self.path,
+               "threads": self.threads, "static_batch": self.static_batch}
+        if self.auto_choice:
+            out["auto"] = self.auto_choice
+        return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nsr_deploy.core.budgets import check_batch, check_memory, check_pixels, check_threads
+from nsr_deploy.core.budgets import check_batch, check_memory, check_pixels, check_threads, max_memory
 from nsr_deploy.core.config import NSRConfig
 from nsr_deploy.core.errors import NSRError
 from nsr_deploy.runtimes.base import Runner
@@ -28,6 +28,9 @@ F32 = 4
 # feature maps alive at once inside the network, in units of its widest layer (a conv's input and output
 # and the skip branch): what one batch of windows costs beyond its inputs and outputs
 LIVE_FEATURE_MAPS = 3
+# dense models' windows take at most this share of the memory the budget leaves beside the image: the
+# runtime's own buffers (arenas, packed weights, reorders) come on top of the estimate
+DENSE_CALL_SHARE = 0.5
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -99,11 +102,44 @@ class Engine:
         cfg = self.config
         if not self.runner.active:
             self.runner.activate()  # a fixed batch is known once the engine is loaded; cells fill it
-        return make_plan(self.tiling, height, width, cfg.patch_size, cfg.sparse, cfg.receptive_radius(),
-                         self.runner.static_batch, self.border)
+        window = None if cfg.sparse else self.window_pixels(height, width)
+        try:
+            return make_plan(self.tiling, height, width, cfg.patch_size, cfg.sparse, cfg.receptive_radius(),
+                             self.runner.static_batch, self.border, window, self.runner.max_window())
+        except ValueError as e:  # an engine whose largest window cannot hold the receptive field
+            raise NSRError(f"{self.runner.path}: {e}") from None
 
     def batch_size(self) -> int:
         return self.tile_batch or self.runner.static_batch or DEFAULT_TILE_BATCH
+
+    def _bytes_per_window_pixel(self) -> int:
+        """One window pixel of a call: its input, ``valid``, output and the network's live feature maps."""
+        cfg = self.config
+        c, s = cfg.channels, cfg.scale
+        widest = max(cfg.units, cfg.block_width * (cfg.groups if cfg.sparse else 1), c * s * s)
+        return F32 * (c + 1 + c * s * s + LIVE_FEATURE_MAPS * widest)
+
+    def _image_bytes(self, height: int, width: int, uint8: bool = True) -> int:
+        """The caller's image, its float copy and the float output: what a restoration holds besides its calls."""
+        c, s, pixels = self.config.channels, self.config.scale, height * width
+        return c * pixels * (1 if uint8 else F32) + F32 * c * pixels * (1 + s * s)
+
+    def window_pixels(self, height: int, width: int, uint8: bool = True) -> int:
+        """Dense models: the most window pixels one call may hold, from the memory budget (a share of what is
+        left beside the image), so that an image that fits runs whole and a larger one in the fewest,
+        largest windows (:func:`~nsr_deploy.runtimes.host.tiling.exact_plan`)."""
+        budget, _ = max_memory()
+        left = budget - self._image_bytes(height, width, uint8)
+        return max(1, int(left * DENSE_CALL_SHARE) // self._bytes_per_window_pixel())
+
+    def call_size(self, plan) -> int:
+        """Windows per engine call: the tile batch; dense models' large windows: as many as fit
+        :meth:`window_pixels` (at least one)."""
+        size = self.batch_size()
+        if not self.config.sparse and not plan.whole_image:
+            fit = self.window_pixels(plan.height, plan.width) // (plan.window_h * plan.window_w)
+            size = max(1, min(size, fit))
+        return size
 
     def memory_needed(self, height: int, width: int, uint8: bool = True) -> int:
         """Bytes one ``height`` x ``width`` image's restoration allocates at its peak, beside the model.
@@ -120,10 +156,8 @@ class Engine:
         padded = 0 if plan.whole_image or plan.pad == 0 else F32 * c * (height + 2 * plan.pad) * (width + 2 * plan.pad)
         out = F32 * c * pixels * s * s
         weights = F32 * pixels * s * s if plan.overlapping and not plan.whole_image else 0
-        n = self.runner.computed_items(min(self.batch_size(), len(plan.tiles)))
-        window = plan.window_h * plan.window_w
-        widest = max(cfg.units, cfg.block_width * (cfg.groups if cfg.sparse else 1), c * s * s)
-        batch = F32 * n * window * (c + 1 + c * s * s + LIVE_FEATURE_MAPS * widest)
+        n = self.runner.computed_items(min(self.call_size(plan), len(plan.tiles)))
+        batch = n * plan.window_h * plan.window_w * self._bytes_per_window_pixel()
         assembling = x + padded + out + weights + batch
         # uint8 results: the rounded copy and the one the image writer makes; float results: a contiguous copy
         finishing = x + out + (2 * c * pixels * s * s if uint8 else out)
@@ -146,7 +180,7 @@ class Engine:
         cfg = self.config
         h, w = x.shape[1:]
         plan = self.plan(h, w)
-        size = self.batch_size()
+        size = self.call_size(plan)
         # what the engine really computes: a fixed-batch engine pads short calls unless it has a smaller twin
         items = sum(self.runner.computed_items(len(group)) for group in batches(plan.tiles, size))
         computed = items * plan.window_h * plan.window_w

@@ -8,7 +8,7 @@ these parameters drive; :mod:`~nsr_deploy.runtimes.host.tiling` and :mod:`.engin
 from __future__ import annotations
 
 from nsr_deploy.core.geometry import REFERENCE_PAD, STRIP_WEIGHT, reference_stride
-from nsr_deploy.runtimes.host.tiling import CELL_HALO, CELL_MAX, GRID_SLACK, TILE_TARGET
+from nsr_deploy.runtimes.host.tiling import CELL_HALO, CELL_MAX, GRID_SLACK
 
 CONTRACT_VERSION = 1
 CONTRACT_DOC = "docs/contract.md"
@@ -17,7 +17,10 @@ CONTRACT_DOC = "docs/contract.md"
 def tiling_parameters(cfg) -> dict:
     """The parameters of each tiling mode (sparse models: ``reference`` and ``cells``; dense: ``exact``)."""
     if not cfg.sparse:
-        return {"exact": {"tile": TILE_TARGET, "radius": cfg.receptive_radius(),
+        return {"exact": {"radius": cfg.receptive_radius(),
+                          "windows": "the whole image, or the fewest-pixel grid of windows that fits the app's "
+                                     "memory and the engine's largest window, each tile with radius pixels of "
+                                     "context inside the image",
                           "note": "dense model: every mode is exact tiling, equal to the whole-image result"}}
     whole = 4 * cfg.patch_size
     return {

@@ -202,14 +202,78 @@ def test_exact_tiling_of_dense_models_equals_whole_image(exported):
     net = exported["dense"]
     img = data_image("BSD68", 1)  # 481x321 grey
     radius = GREY_DENSE.receptive_radius()
-    plan = exact_plan(*img.shape, radius, tile=64)
-    assert len(plan.tiles) == math.ceil(img.shape[0] / 64) * math.ceil(img.shape[1] / 64)  # tiles of <= 64
+    plan = exact_plan(*img.shape, radius, window_pixels=120 * 120)
+    assert len(plan.tiles) > 9 and plan.window_h * plan.window_w <= 120 * 120
     with load(exported[("dense", "matmul")]) as engine:
-        engine.plan = lambda h, w: exact_plan(h, w, radius, tile=64)
+        engine.plan = lambda h, w: exact_plan(h, w, radius, window_pixels=120 * 120)
         tiled = engine.restore(img.astype(np.float32) / 255)
     x = torch.from_numpy(img.astype(np.float32) / 255)[None, None]
     whole = reference_forward(net, x)[0, 0].numpy()
     assert np.abs(tiled - whole).max() <= 1e-5
+
+
+def _old_exact_plan_pixels(h: int, w: int, radius: int, tile: int = 192) -> int:
+    """What dense models computed before plans followed the memory budget: tiles of at most 192 pixels,
+    each window carrying its receptive field."""
+    if h <= tile + 2 * radius and w <= tile + 2 * radius:
+        return h * w
+    rows, cols = math.ceil(h / tile), math.ceil(w / tile)
+    return rows * cols * min(h, math.ceil(h / rows) + 2 * radius) * min(w, math.ceil(w / cols) + 2 * radius)
+
+
+def test_dense_plans_compute_each_pixel_once_when_the_image_fits():
+    """An image whose whole-image call fits the window budget runs whole (1.0x the pixels); a larger one in
+    the fewest, largest windows: never more pixels than 192-pixel tiles, and within 1.2x once windows of
+    32 receptive radii fit (a 4000x3000 photo in windows of 2 megapixels: 1.07x)."""
+    radius = 21  # a 16-block dense WDSR
+    rng = np.random.default_rng(3)
+    sizes = [(480, 400), (4000, 3000), (601, 599), (2000, 90)] + [tuple(rng.integers(60, 3000, 2)) for _ in range(40)]
+    for h, w in sizes:
+        h, w = int(h), int(w)
+        assert exact_plan(h, w, radius, window_pixels=h * w).whole_image
+        for budget in (250_000, 300_000, 2_000_000):
+            plan = exact_plan(h, w, radius, window_pixels=budget)
+            assert plan.window_h * plan.window_w <= budget
+            assert plan.pixels_computed <= _old_exact_plan_pixels(h, w, radius), (h, w, budget)
+            cover = np.zeros((h, w), np.int8)
+            for t in plan.tiles:
+                assert 0 <= t.y and t.y + plan.window_h <= h and 0 <= t.x and t.x + plan.window_w <= w
+                # every kept pixel has its whole receptive field inside the window, or the image edge
+                assert t.ky0 >= radius or t.y == 0
+                assert t.kx0 >= radius or t.x == 0
+                assert plan.window_h - t.ky1 >= radius or t.y + plan.window_h == h
+                assert plan.window_w - t.kx1 >= radius or t.x + plan.window_w == w
+                cover[t.y + t.ky0:t.y + t.ky1, t.x + t.kx0:t.x + t.kx1] += 1
+            assert cover.min() == 1 and cover.max() == 1
+            if budget >= (32 * radius) ** 2:
+                assert plan.compute_ratio <= 1.2, (h, w, budget, plan.compute_ratio)
+    assert exact_plan(4000, 3000, radius, window_pixels=2_000_000).compute_ratio < 1.08
+    # an engine's largest window (TensorRT's profile, ExecuTorch's --max-side) bounds the windows too
+    bounded = exact_plan(480, 400, radius, max_side=(234, 234))
+    assert bounded.window_h <= 234 and bounded.window_w <= 234
+
+
+def test_dense_engine_runs_a_whole_image_the_budget_holds(exported, monkeypatch):
+    """The engine sizes dense windows from the memory budget: 480x400 runs whole at a generous budget, and
+    at a budget that cannot hold it in fewer, larger windows than before, inside the budget."""
+    from nsr_deploy.core.budgets import set_max_memory
+
+    img = np.random.default_rng(0).integers(0, 256, (480, 400), dtype=np.uint8)
+    radius = GREY_DENSE.receptive_radius()
+    with load(exported[("dense", "matmul")], threads=1) as engine:
+        whole = engine.restore(img)
+        assert engine.last_stats["compute_ratio"] == 1.0 and engine.last_stats["windows"] == 1
+        per_pixel = engine._bytes_per_window_pixel()
+        try:
+            set_max_memory(engine._image_bytes(480, 400) + 2 * 150 * 150 * per_pixel)
+            tiled = engine.restore(img)
+            stats = engine.last_stats
+            assert stats["windows"] > 1 and stats["window"][0] * stats["window"][1] <= 150 * 150
+            assert engine.memory_needed(480, 400) <= engine._image_bytes(480, 400) + 2 * 150 * 150 * per_pixel
+        finally:
+            set_max_memory(None)
+    assert stats["compute_ratio"] < _old_exact_plan_pixels(480, 400, radius, 64) / (480 * 400)
+    assert np.array_equal(tiled, whole)
 
 
 def test_large_image_streams_in_bounded_memory(exported, tmp_path):

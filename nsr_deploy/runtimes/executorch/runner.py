@@ -136,6 +136,9 @@ class ExecuTorchRunner(Runner):
     def _deactivate(self) -> None:
         self.method = None
 
+    def max_window(self) -> tuple[int, int] | None:
+        return self.max_side
+
     def _infer(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
         import torch
 

@@ -15,7 +15,9 @@ together), the part of each window that is kept, and a blend weight:
                where the skip sees zeros, which the bundled models never met in training: a dark,
                tinted fringe 2-4 pixels wide (``nsr_deploy.checks.frame`` measures it).
 ``exact``      dense models (no pooling): windows that hold each tile's whole receptive field and
-               stay inside the image, so tiled equals whole-image output exactly.
+               stay inside the image, so tiled equals whole-image output exactly; the whole image,
+               or the largest windows the memory budget and the engine allow (the least context
+               computed twice).
 
 The ``valid`` mask that goes with each window is 1 on image pixels, 0 on reflect padding: the skip
 conv sees zeros beyond the image, as on the reference's whole image.
@@ -36,7 +38,7 @@ CELL_MAX = 80  # largest cell side of the ``cells`` mode (window = cell + 2 * ha
 CELL_HALO = 3
 CELL_BORDERS = ("clamp", "reflect")  # what ``cells`` windows do at the image border
 GRID_SLACK = 2  # extra rows / columns of cells tried to fill a fixed-batch engine's calls
-TILE_TARGET = 192  # tile side for exact tiling of dense models
+TILE_TARGET = 192  # dense models: the window side (plus context) a TensorRT profile is built for
 
 
 @dataclass(frozen=True)
@@ -160,14 +162,42 @@ def cells_plan(height: int, width: int, patch: int, cell_max: int = CELL_MAX, ha
     return Plan("cells", height, width, wh, ww, tuple(tiles), False)
 
 
-def exact_plan(height: int, width: int, radius: int, tile: int = TILE_TARGET) -> Plan:
-    """Dense models: tiles whose windows hold the whole receptive field, clamped inside the image
-    (so the convs zero-pad exactly where the whole image would). Equal to the whole-image result."""
-    if height <= tile + 2 * radius and width <= tile + 2 * radius:
+def exact_plan(height: int, width: int, radius: int, window_pixels: int | None = None,
+               max_side: tuple[int, int] | None = None) -> Plan:
+    """Dense models: windows that hold each tile's whole receptive field, clamped inside the image (so the
+    convs zero-pad exactly where the whole image would): equal to the whole-image result.
+
+    The whole image when it fits ``window_pixels`` (what one call may hold: the memory budget's share,
+    :meth:`~nsr_deploy.runtimes.engine.Engine.window_pixels`) and ``max_side`` (an engine's largest window);
+    else the grid of ``rows`` x ``cols`` tiles that fits them with the fewest pixels computed (each window
+    repeats ``2 * radius`` rows and columns of context, so bigger windows waste less); ties: fewer windows.
+    """
+    limit = window_pixels or height * width
+    max_h, max_w = max_side or (height, width)
+    best = None
+    for rows in range(1, height + 1):
+        wh = _exact_side(height, rows, radius)
+        if wh > max_h:
+            continue
+        cols = _fewest_cols(width, radius, min(max_w, limit // wh))
+        if cols is None:
+            continue
+        ww = _exact_side(width, cols, radius)
+        cost = (rows * cols * wh * ww, rows * cols)
+        if best is None or cost < best[0]:
+            best = (cost, rows, cols)
+        if wh <= 2 * radius + 1:  # more rows only repeat more context
+            break
+    if best is None and window_pixels is not None:  # a budget this small: the memory check refuses the image
+        return exact_plan(height, width, radius, None, max_side)
+    if best is None:
+        raise ValueError(f"no exact tiling of {height}x{width} fits windows of {limit} pixels "
+                         f"and sides {max_h}x{max_w} with a receptive radius of {radius}")
+    _, n_rows, n_cols = best
+    if (n_rows, n_cols) == (1, 1):
         return whole_plan(height, width, "exact")
-    rows, cols = _splits(height, math.ceil(height / tile)), _splits(width, math.ceil(width / tile))
-    wh = min(height, max(b - a for a, b in rows) + 2 * radius)
-    ww = min(width, max(b - a for a, b in cols) + 2 * radius)
+    rows, cols = _splits(height, n_rows), _splits(width, n_cols)
+    wh, ww = _exact_side(height, n_rows, radius), _exact_side(width, n_cols, radius)
     tiles = []
     for y0, y1 in rows:
         wy = min(max(0, y0 - radius), height - wh)
@@ -177,12 +207,32 @@ def exact_plan(height: int, width: int, radius: int, tile: int = TILE_TARGET) ->
     return Plan("exact", height, width, wh, ww, tuple(tiles), False)
 
 
+def _exact_side(size: int, n: int, radius: int) -> int:
+    """A window's side when ``size`` is cut into ``n`` spans: the longest span plus its context."""
+    return min(size, math.ceil(size / n) + 2 * radius) if n > 1 else size
+
+
+def _fewest_cols(width: int, radius: int, max_w: int) -> int | None:
+    """The fewest spans of ``width`` whose windows are at most ``max_w`` wide (fewer spans: less context
+    repeated), or None."""
+    if width <= max_w:
+        return 1
+    if max_w <= 2 * radius:
+        return None
+    cols = max(2, math.ceil(width / (max_w - 2 * radius)))
+    while _exact_side(width, cols, radius) > max_w:
+        cols += 1
+    return cols
+
+
 def make_plan(mode: str, height: int, width: int, patch: int, sparse: bool, radius: int,
-              batch: int | None = None, border: str = "clamp") -> Plan:
+              batch: int | None = None, border: str = "clamp", window_pixels: int | None = None,
+              max_side: tuple[int, int] | None = None) -> Plan:
     """The plan of ``mode``; ``batch``: the engine's fixed batch, if any (``cells`` fills its calls);
-    ``border``: what ``cells`` does at the image border (``reference`` always reflects)."""
+    ``border``: what ``cells`` does at the image border (``reference`` always reflects);
+    ``window_pixels`` / ``max_side``: dense models' largest window (see :func:`exact_plan`)."""
     if not sparse:  # no pooling: every mode is the exact whole-image result, tiled to bound memory
-        return exact_plan(height, width, radius)
+        return exact_plan(height, width, radius, window_pixels, max_side)
     if mode == "reference":
         return reference_plan(height, width, patch)
     if mode == "cells":

@@ -240,6 +240,13 @@ class TrtRunner(Runner):
             buf = self._buffers[name] = self.device.alloc(nbytes)
         return buf
 
+    def max_window(self) -> tuple[int, int] | None:
+        """The largest window a profile takes (the profiles were built for the export's tile sizes)."""
+        if not self.profiles:
+            return None
+        widest = max(self.profiles, key=lambda p: p.height[1] * p.width[1])
+        return widest.height[1], widest.width[1]
+
     def describe(self) -> dict:
         d = super().describe()
         d.update({"device": self.device_info.name if self.device_info else None,

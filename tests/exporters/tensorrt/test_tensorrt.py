@@ -206,10 +206,12 @@ def test_every_window_the_tiling_sends_has_a_profile(cfg):
     """Cross-check against the host tiling itself: for images within the documented limits, every window
     of the reference and cells modes lands in a profile, in batches the profile takes."""
     profiles = _as_engine_profiles(profile_plan(cfg, patch_batch=16))
+    widest = max(profiles, key=lambda p: p.height[1] * p.width[1])  # what TrtRunner.max_window() gives the plan
     sizes = [(1, 1), (20, 31), (96, 120), (191, 1372), (1372, 191), (512, 512), (200, 700), (1000, 1500)]
     for h, w in sizes:
         for mode in ("reference", "cells"):
-            plan = make_plan(mode, h, w, cfg.patch_size, cfg.sparse, cfg.receptive_radius())
+            plan = make_plan(mode, h, w, cfg.patch_size, cfg.sparse, cfg.receptive_radius(),
+                             max_side=(widest.height[1], widest.width[1]))
             n = 1 if plan.whole_image else min(16, len(plan.tiles))
             chosen = select_profile(profiles, n, plan.window_h, plan.window_w)
             assert chosen.covers_tile(plan.window_h, plan.window_w) and n <= chosen.batch[1], (h, w, mode)
