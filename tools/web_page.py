@@ -14,7 +14,7 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path[:0] = [str(TESTS), str(TESTS / "examples")]  # conftest, and the web test's browser driver
 from test_web_example import DevTools, Handler, ort_web  # noqa: E402
 
-from nsr_deploy.bench.machine import cpu_info  # noqa: E402
+from nsr_deploy.core.machine import cpu_info  # noqa: E402
 
 
 def cpu_line() -> str:

@@ -14,9 +14,10 @@ import os
 import platform
 import sys
 
+from nsr_deploy.core.machine import cpu_info
+
 LIBRARIES = ("numpy", "torch", "onnx", "onnxsim", "onnxruntime", "openvino", "nncf", "matplotlib", "pillow")
 SGEMM_SIZE = 2048
-CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
 
 
 def usable_cores() -> int:
@@ -25,24 +26,6 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def cpu_info() -> dict:
-    """Model name and the SIMD flags that matter to conv kernels, from /proc/cpuinfo (Linux)."""
-    model, flags = None, []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model is None:
-                    model = value.strip()
-                elif key == "flags" and not flags:
-                    have = set(value.split())
-                    flags = [flag for flag in CPU_FLAGS if flag in have]
-    except OSError:
-        pass
-    return {"model": model or platform.processor() or platform.machine(), "flags": flags}
 
 
 def _openvino_cpu_name() -> str | None:

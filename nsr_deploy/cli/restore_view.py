@@ -61,6 +61,9 @@ def restore_command(jobs, model: str, backend: str, threads: int | None, tiling:
     if ray_address is not None:
         threads, workers = threads or 1, workers or 2
     engine = load(model, backend=backend, threads=threads, tiling=tiling, tile_batch=tile_batch)
+    auto = engine.runner.auto_choice
+    if auto and len(auto["candidates"]) > 1 and not as_json:  # which of the folder's engines runs here, and why
+        click.echo(f"engine: {auto['backend']} (auto: {auto['why']})", err=True)
     view = OutcomeView(len(jobs), as_json)
     if ray_address is None:
         from nsr_deploy.runtimes.host.restore_files import restore_jobs
@@ -96,4 +99,7 @@ def restore_command(jobs, model: str, backend: str, threads: int | None, tiling:
 
 
 def _head(runner: dict, tiling: str, threads: int | None) -> dict:
-    return {"backend": runner["backend"], "precision": runner["precision"], "tiling": tiling, "threads": threads}
+    head = {"backend": runner["backend"], "precision": runner["precision"], "tiling": tiling, "threads": threads}
+    if runner.get("auto"):
+        head["auto"] = runner["auto"]
+    return head

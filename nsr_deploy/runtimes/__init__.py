@@ -11,7 +11,7 @@ import importlib
 from pathlib import Path
 
 from nsr_deploy.core.budgets import check_threads
-from nsr_deploy.core.capabilities import AUTO_ORDER, BACKEND_OF_SUFFIX, BACKENDS, REFERENCE_BACKEND, TARGET_OF_BACKEND
+from nsr_deploy.core.capabilities import BACKEND_OF_SUFFIX, BACKENDS, REFERENCE_BACKEND, TARGET_OF_BACKEND
 from nsr_deploy.core.errors import BackendUnavailable, NSRError
 from nsr_deploy.core.safe_read import parse_json
 from nsr_deploy.runtimes.contract import read_engine_files, verified_files
@@ -117,6 +117,21 @@ def _onnx_metadata(data: bytes, path: Path) -> dict:
     return dict(session.get_modelmeta().custom_metadata_map)
 
 
+def _folder_runner(folder: Path, manifest: dict, backend: str, threads: int | None, tile_batch: int | None):
+    """A (lazy) runner for the folder's engine of ``backend``: its files read once and hash-checked, the
+    contract they embed checked against nsr.json."""
+    from nsr_deploy.runtimes.manifest import MANIFEST, check_embedded
+
+    target = TARGET_OF_BACKEND[backend]
+    entry = manifest["targets"][target]
+    files = verified_files(folder, entry, str(folder / MANIFEST))  # read once, hashed: what runs
+    check_embedded(manifest, target, _embedded_sources(folder, manifest, target, files), str(folder / MANIFEST))
+    kwargs = {"files": files}
+    if backend == "openvino" and entry.get("static_batch") is None and tile_batch:
+        kwargs["tile_batch"] = tile_batch  # dynamic engines are reshaped to the tile batch at load
+    return runner_class(backend)(str(files.path), threads, **kwargs)
+
+
 def load(path, backend: str = "auto", threads: int | None = None, tiling: str = "reference",
          tile_batch: int | None = None, image_mean: float | None = None, patch_size: int | None = None):
     """An :class:`~nsr_deploy.runtimes.engine.Engine` for an export folder, engine file or checkpoint.
@@ -124,33 +139,33 @@ def load(path, backend: str = "auto", threads: int | None = None, tiling: str = 
     Activation is lazy: the backend loads on first use or on ``activate()`` / ``with``.
     """
     from nsr_deploy.runtimes.engine import Engine
-    from nsr_deploy.runtimes.manifest import MANIFEST, check_embedded, manifest_config, read_manifest
+    from nsr_deploy.runtimes.manifest import MANIFEST, manifest_config, read_manifest
 
     check_threads(threads, "threads")  # thousands of runtime threads deadlock: refused as the CLI refuses them
     p = Path(str(path))
     if p.is_dir():
         manifest = read_manifest(p)
         targets = manifest.get("targets", {})
+        config = manifest_config(manifest, str(p / MANIFEST))
         if backend == "auto":
-            for name in AUTO_ORDER:
-                if TARGET_OF_BACKEND[name] in targets and backend_unavailable(name) is None:
-                    backend = name
-                    break
-            else:
-                built = ", ".join(targets) or "nothing"
-                raise BackendUnavailable(f"{p}: no runtime here for what it holds ({built})")
+            from nsr_deploy.runtimes.auto_choice import choose
+            from nsr_deploy.runtimes.engine import DEFAULT_TILE_BATCH
+
+            def open_runner(name: str):
+                return _folder_runner(p, manifest, name, threads, tile_batch)
+
+            choice, runner = choose(targets, open_runner, backend_unavailable, threads,
+                                    tile_batch or DEFAULT_TILE_BATCH, config.patch_size, config.channels, str(p))
+            runner = runner or open_runner(choice.backend)
+            runner.auto_choice = choice.as_dict()
+            return Engine(runner, config, tiling, tile_batch, manifest)
         if backend == REFERENCE_BACKEND:
             raise NSRError("the torch backend runs checkpoints, not export folders")
         target = TARGET_OF_BACKEND[backend]
         if target not in targets:
             raise NSRError(f"{p}: holds no {target} engine (it has: {', '.join(targets)})")
-        files = verified_files(p, targets[target], str(p / MANIFEST))  # read once, hashed: what runs
-        check_embedded(manifest, target, _embedded_sources(p, manifest, target, files), str(p / MANIFEST))
-        kwargs = {"files": files}
-        if backend == "openvino" and targets[target].get("static_batch") is None and tile_batch:
-            kwargs["tile_batch"] = tile_batch  # dynamic engines are reshaped to the tile batch at load
-        runner = runner_class(backend)(str(files.path), threads, **kwargs)
-        return Engine(runner, manifest_config(manifest, str(p / MANIFEST)), tiling, tile_batch, manifest)
+        runner = _folder_runner(p, manifest, backend, threads, tile_batch)
+        return Engine(runner, config, tiling, tile_batch, manifest)
     if p.suffix in BACKEND_OF_SUFFIX:
         if not p.exists():
             raise NSRError(f"{p}: no such file")

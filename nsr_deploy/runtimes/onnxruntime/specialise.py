@@ -26,19 +26,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from nsr_deploy.core.cache import atomic_write, cache_root
 from nsr_deploy.core.errors import NSRError
 from nsr_deploy.core.safe_read import MAX_ENGINE_BYTES, parse_json, read_json, read_regular, sha256_bytes
 
 MAX_ABS = 1e-5
 CHECK_SEED = 20
-CACHE_ENV = "NSR_DEPLOY_CACHE"
 CHECK_SIZE = 32  # side of the check patches: any size pools as one patch; small keeps the first load short
 REWRITE_VERSION = 1  # bump when nchwc_graph writes another graph for the same input: old entries go unused
 
@@ -63,10 +61,7 @@ class Specialised:
 
 
 def cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]) / "onnxruntime"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "nsr-deploy" / "onnxruntime"
+    return cache_root() / "onnxruntime"
 
 
 def cache_key(model_sha256: str, ort_version: str, block: int, batch: int) -> str:
@@ -102,20 +97,8 @@ def read_cached(path: Path, expected: dict) -> bytes | None:
 
 def write_cached(path: Path, data: bytes, expected: dict) -> None:
     """The entry first, then its record: a reader in between finds them disagree and rebuilds."""
-    _atomic_write(path, data)
-    _atomic_write(record_of(path), (json.dumps({**expected, "sha256": sha256_bytes(data)}, indent=1) + "\n").encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
+    atomic_write(record_of(path), (json.dumps({**expected, "sha256": sha256_bytes(data)}, indent=1) + "\n").encode())
 
 
 def session(model, threads: int | None):
