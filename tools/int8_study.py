@@ -202,12 +202,30 @@ def model_study() -> None:
     report(measure_interleaved(calls, runs=30, warmup=2, rounds=5), "twin fp32", "twin int8 (NNCF)")
 
 
+def real_twin_runner(precision: str):
+    """The real dense twin of EDSR+NSR x2 (k = d = 1 with the model's shapes: head, tail, upsampling and all),
+    built as the bench builds it, in OpenVINO at ``precision``: the reference a floor is read against."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from make_bench_checkpoint import EDSR_NSR_X2
+
+    from nsr_deploy.bench.engines import EngineFactory, EngineSpec
+    from nsr_deploy.models.checkpoint import LoadedModel
+    from nsr_deploy.models.network import NSRNet
+
+    loaded = LoadedModel(NSRNet(EDSR_NSR_X2).eval(), "edsr-nsr-x2", "built", "0" * 64, "edsr-nsr-x2")
+    factory = EngineFactory(loaded, THREADS, Path(tempfile.mkdtemp(prefix="floor-twin-")), patch_batch=16)
+    spec = EngineSpec("openvino", "matmul", "fp32" if precision == "f32" else precision, twin=True)
+    return factory.runner(spec).activate()
+
+
 def floor_study(precision: str = "int8") -> None:
     """16 residual blocks of 3x3 convs (64 ch, 16 patches 48x48) at ``precision`` (f32, bf16: the CPU
     plugin's hint; int8: u8 x i8 through FakeQuantize), no routing at all: the twin's batched convs vs the
     same convs with per-patch weights (constant, or fed at run time) folded into one GroupConvolution or
     split into one Convolution per patch. What a sparse graph in this runtime cannot beat (before any
-    routing: pooling, MLP, softmax, mixing), against the twin at the same precision."""
+    routing: pooling, MLP, softmax, mixing), against the twin at the same precision: the chain's own batched
+    convs and the real dense twin of EDSR+NSR x2 (``real twin``: the bench's, with its head, tail and
+    upsampling), timed in the same rounds. The floor is read against the real twin."""
     from collections import Counter
 
     import openvino as ov
@@ -297,12 +315,19 @@ def floor_study(precision: str = "int8") -> None:
         r = cm.create_infer_request()
         calls[k] = (lambda r=r, f=feed: r.infer(f))
         kernel_ms[k] = conv_kernel_ms(m, feed)
+    twin = real_twin_runner(precision)
+    xs = rng.random((N, 3, H, W), dtype=np.float32)
+    valid = np.ones((N, 1, H, W), np.float32)
+    calls["real twin"] = lambda: twin.infer(xs, valid)
     print("load", [round(v, 2) for v in os.getloadavg()])
     timings = measure_interleaved(calls, runs=20, warmup=2, rounds=5)
-    print(f"{'engine (' + precision + ')':34s} {'median ms':>10s} {'/ batched':>10s} {'conv kernels / batched':>24s}")
+    real = timings["real twin"].median
+    print(f"{'engine (' + precision + ')':34s} {'median ms':>10s} {'/ batched':>10s} {'/ real twin':>12s} "
+          f"{'conv kernels / batched':>24s}")
     for k, v in timings.items():
-        print(f"{k:34s} {v.median:10.2f} {v.median / timings['batched'].median:10.2f} "
-              f"{kernel_ms[k] / kernel_ms['batched']:24.2f}")
+        kernels_ratio = f"{kernel_ms[k] / kernel_ms['batched']:24.2f}" if k in kernel_ms else f"{'-':>24s}"
+        print(f"{k:34s} {v.median:10.2f} {v.median / timings['batched'].median:10.2f} {v.median / real:12.2f} "
+              f"{kernels_ratio}")
     print("load", [round(v, 2) for v in os.getloadavg()])
 
 

@@ -493,3 +493,31 @@ def test_a_layer_forms_graphs_are_closed_before_the_next_forms_are_opened(monkey
     assert all(len({b for b, _ in s}) == 1 for s in seen), "two backends' graphs open at once"
     for s in seen:  # never two forms' or protocols' sparse graphs at once
         assert len({Path(p).name.rsplit("-", 1)[0] for _, p in s if "-conv-" not in Path(p).name}) <= 1, s
+
+
+def test_the_bench_says_what_auto_runs_from_each_precisions_folder_and_the_twin_ratios():
+    """From one run's patch rows: per precision, the faster of what a --target openvino folder holds (ONNX
+    Runtime's engine built at load, OpenVINO's at that precision), and every runtime's sparse / twin ratio
+    at each precision in the headline, beside its target."""
+    from nsr_deploy.bench.report.summary import precision_figures
+    from nsr_deploy.bench.suites.model import auto_choices, twin_ratios
+
+    def row(backend, form, precision, median, twin=False):
+        label = ("dense twin " if twin else "") + f"{backend} {form} {precision}"
+        return {"engine": label, "backend": backend, "form": None if twin else form, "precision": precision,
+                "dense_twin": twin, "median_ms": median, "p90_ms": median}
+
+    rows = [row("onnxruntime", "nchwc-at-load", "fp32", 30.0), row("onnxruntime", "matmul", "fp32", 27.0, True),
+            row("openvino", "folded", "fp32", 36.0), row("openvino", "matmul", "fp32", 29.0, True),
+            row("openvino", "folded", "bf16", 17.5), row("openvino", "matmul", "bf16", 13.3, True),
+            row("openvino", "folded", "int8", 40.0), row("openvino", "matmul", "int8", 9.0, True)]
+    twin_ratios(rows)
+    chosen = {a["precision"]: a for a in auto_choices(rows, "folded")}
+    assert chosen["fp32"]["engine"] == "onnxruntime nchwc-at-load fp32" and chosen["fp32"]["vs_openvino"] == 0.833
+    assert chosen["bf16"]["engine"] == "openvino folded bf16" and chosen["bf16"]["vs_openvino"] == 1.0
+    assert chosen["int8"]["engine"] == "onnxruntime nchwc-at-load fp32"  # a slow int8 IR loses to fp32 there
+    figures = {f["figure"]: f for f in precision_figures({"patch_batch": rows, "auto": list(chosen.values())})}
+    assert figures["patch batch: openvino bf16 sparse / dense twin"]["value"] == round(17.5 / 13.3, 3)
+    assert figures["patch batch: openvino int8 sparse / dense twin"]["target"] == "<= 1.5"
+    assert figures["auto on a --target openvino --precision int8 folder: its choice / the folder's OpenVINO "
+                   "engine"]["value"] == 0.75

@@ -46,6 +46,28 @@ def model_figures(model: dict) -> list[dict]:
     return out
 
 
+# sparse / dense twin at the same precision, same runtime: what NSR's cost claim asks at each precision
+PRECISION_TARGETS = {("openvino", "fp32"): "<= 1.25", ("openvino", "bf16"): "<= 1.3", ("openvino", "int8"): "<= 1.5",
+                     ("onnxruntime", "fp32"): "<= 1.10", ("onnxruntime", "int8"): "<= 1.5"}
+
+
+def precision_figures(model: dict) -> list[dict]:
+    """Per runtime and precision, its best sparse engine / the dense twin at that precision; and what ``auto``
+    runs from a --target openvino folder of each precision on this machine."""
+    out = []
+    for (backend, precision), target in PRECISION_TARGETS.items():
+        rows = [r for r in model["patch_batch"] if r["backend"] == backend and r["precision"] == precision
+                and not r["dense_twin"] and r.get("vs_dense_twin") is not None]
+        best = _best(rows)
+        if best:
+            out.append({"figure": f"patch batch: {backend} {precision} sparse / dense twin",
+                        "value": best["vs_dense_twin"], "engine": best["engine"], "target": target})
+    for a in model.get("auto", []):
+        out.append({"figure": f"auto on a {a['folder']} folder: its choice / the folder's OpenVINO engine",
+                    "value": a["vs_openvino"], "engine": a["engine"], "target": "-"})
+    return out
+
+
 def load_time_figures(model: dict) -> list[dict]:
     """ONNX Runtime's load-time NCHWc engine against the exported ``nchwc`` form on the same
     (interleaved) patches, and the pixels it computes for the run's image (a small one: one patch)."""
@@ -88,7 +110,8 @@ def layer_figures(layer: dict) -> list[dict]:
 def headline(sections: dict) -> list[dict]:
     out = []
     if "model" in sections:
-        out += model_figures(sections["model"]) + load_time_figures(sections["model"])
+        out += model_figures(sections["model"]) + precision_figures(sections["model"]) \
+            + load_time_figures(sections["model"])
     if "layer" in sections:
         out += layer_figures(sections["layer"])
     return out

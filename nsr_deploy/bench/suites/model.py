@@ -31,10 +31,10 @@ from nsr_deploy.bench.engines import EngineSpec, engine_specs
 from nsr_deploy.bench.images import bench_input
 from nsr_deploy.bench.machine import peak_of
 from nsr_deploy.bench.report.table import Table, fmt
-from nsr_deploy.bench.suites.precisions import compile_spec, precision_specs
+from nsr_deploy.bench.suites.precisions import PRECISION_BACKEND, compile_spec, openvino_auto_form, precision_specs
 from nsr_deploy.bench.torch_compile import COMPILE_FORM
 from nsr_deploy.checks.compare import random_patches
-from nsr_deploy.core.capabilities import TWIN_BACKENDS
+from nsr_deploy.core.capabilities import AT_LOAD_FORM, BENCH_PRECISIONS, TWIN_BACKENDS
 from nsr_deploy.core.errors import NSRError
 from nsr_deploy.core.timing import Timing, measure, measure_rows
 
@@ -83,6 +83,25 @@ def peak_figures(gflops: float, precision: str, peaks: dict) -> dict:
     peak = (peak or {}).get("gflops")
     return {"gflops": round(gflops, 2), "of_sgemm": round(gflops / sgemm, 3) if sgemm else None,
             "of_peak": round(gflops / peak, 3) if peak else None, "peak": name}
+
+
+def auto_choices(rows: list[dict], openvino_form: str) -> list[dict]:
+    """What ``backend="auto"`` runs, on this machine, from a ``--target openvino`` folder of each precision,
+    read off this run's patch rows: such a folder holds model.onnx (ONNX Runtime runs it as the NCHWc engine
+    it builds at load) and model.xml (OpenVINO, the ``auto`` form at that precision); auto times both on a
+    patch batch and runs the faster (nsr_deploy.runtimes.auto_choice)."""
+    ort = _row(rows, backend="onnxruntime", form=AT_LOAD_FORM, dense_twin=False)
+    out = []
+    for precision in BENCH_PRECISIONS:
+        ov = _row(rows, backend=PRECISION_BACKEND, form=openvino_form, precision=precision, dense_twin=False)
+        engines = {r["engine"]: r["median_ms"] for r in (ov, ort) if r}
+        if len(engines) < 2:
+            continue
+        best = min(engines, key=engines.get)
+        folder = "--target openvino" + (f" --precision {precision}" if precision != "fp32" else "")
+        out.append({"folder": folder, "precision": precision, "engine": best, "median_ms": engines,
+                    "vs_openvino": round(engines[best] / ov["median_ms"], 3) if ov else None})
+    return out
 
 
 class ModelSuite:
@@ -222,6 +241,7 @@ class ModelSuite:
                              "statistics": "median and p90", "threads": self.ctx.threads},
                 "sgemm": self.ctx.sgemm, "build_seconds": self.ctx.factory.build_seconds,
                 "image": self.image_rows, "patch_batch": self.patch_rows,
+                "auto": auto_choices(self.patch_rows, openvino_auto_form(cfg)),
                 "skipped": {**self.skipped, **self.precision_skipped}}
 
     def tables(self) -> list[Table]:
@@ -267,6 +287,7 @@ class ModelSuite:
                          fmt(r["vs_dense_twin"], ".2f") + ("~" if r.get("vs_dense_twin_noisy") else ""),
                          fmt(r["vs_torch_eager"], ".2f"),
                          fmt(r["vs_torch_compile"], ".2f")])
+        cfg = self.config
         notes = [f"median / p90 of {p.patch_runs} runs after {p.patch_warmup} warm-up, straight through each runner; "
                  "every engine's runs interleaved in rounds, so that drift of the machine moves them alike",
                  "latency ratios (lower is faster): engine / the dense twin in the same runtime at the same "
@@ -278,9 +299,11 @@ class ModelSuite:
         if noisy:
             notes.append(f"~: the ratio rests on a row whose p90 is over {NOISY_SPREAD - 1:.0%} above its median "
                          f"({', '.join(noisy)}): its runs were noisy; rerun on an idle machine before quoting it")
+        notes += [f"auto on a {a['folder']} folder, this machine: {a['engine']} ("
+                  + ", ".join(f"{e} {ms:.1f} ms" for e, ms in a["median_ms"].items()) + ")"
+                  for a in auto_choices(self.patch_rows, openvino_auto_form(cfg))]
         notes += [f"absent {what}: {why}" for what, why in self.precision_skipped.items()]
         notes += [f"{r['engine']}: {r['error']}" for r in self.patch_rows if "error" in r]
-        cfg = self.config
         return Table(f"patch batch: {p.patch_batch} patches of {cfg.patch_size}x{cfg.patch_size} (the patch-batch "
                      f"protocol)", header, rows, notes)
 
