@@ -89,8 +89,10 @@ def auto_choices(rows: list[dict], openvino_form: str) -> list[dict]:
     """What ``backend="auto"`` runs, on this machine, from a ``--target openvino`` folder of each precision,
     read off this run's patch rows: such a folder holds model.onnx (ONNX Runtime runs it as the NCHWc engine
     it builds at load) and model.xml (OpenVINO, the ``auto`` form at that precision); auto times both on a
-    patch batch and runs the faster (nsr_deploy.runtimes.auto_choice)."""
-    ort = _row(rows, backend="onnxruntime", form=AT_LOAD_FORM, dense_twin=False)
+    patch batch and runs the faster (nsr_deploy.runtimes.auto_choice). Without an ``nchwc-at-load`` row, the
+    ``nchwc`` export's row stands for it (the same blocked kernels, within 5%: docs/performance)."""
+    ort = _row(rows, backend="onnxruntime", form=AT_LOAD_FORM, dense_twin=False) \
+        or _row(rows, backend="onnxruntime", form="nchwc", dense_twin=False)
     out = []
     for precision in BENCH_PRECISIONS:
         ov = _row(rows, backend=PRECISION_BACKEND, form=openvino_form, precision=precision, dense_twin=False)
