@@ -149,7 +149,10 @@ def load(path, backend: str = "auto", threads: int | None = None, tiling: str = 
         config = manifest_config(manifest, str(p / MANIFEST))
         if backend == "auto":
             from nsr_deploy.runtimes.auto_choice import choose
-            from nsr_deploy.runtimes.engine import DEFAULT_TILE_BATCH
+            from nsr_deploy.runtimes.engine import DEFAULT_TILE_BATCH, TILINGS
+
+            if tiling not in TILINGS:  # refused before any engine is opened to be timed
+                raise NSRError(f"unknown tiling {tiling!r} (choose from {', '.join(TILINGS)})")
 
             def open_runner(name: str):
                 return _folder_runner(p, manifest, name, threads, tile_batch)

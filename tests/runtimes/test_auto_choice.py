@@ -133,3 +133,11 @@ def test_restore_says_which_engine_auto_chose_and_why(two_engines, fresh_cache, 
                                        "--threads", "1", "--json"])
     doc = json.loads(result.stdout)
     assert doc["backend"] == "openvino" and doc["auto"]["cached"] and doc["auto"]["backend"] == "openvino"
+
+
+def test_a_bad_tiling_is_refused_before_anything_is_timed(two_engines, fresh_cache):
+    from nsr_deploy.core.errors import NSRError
+
+    with pytest.raises(NSRError, match="unknown tiling"):
+        load(two_engines, threads=1, tiling="bogus")
+    assert not (fresh_cache / "auto").exists()
