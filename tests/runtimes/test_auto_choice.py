@@ -141,3 +141,16 @@ def test_a_bad_tiling_is_refused_before_anything_is_timed(two_engines, fresh_cac
     with pytest.raises(NSRError, match="unknown tiling"):
         load(two_engines, threads=1, tiling="bogus")
     assert not (fresh_cache / "auto").exists()
+
+
+def test_a_matching_record_can_only_pick_another_engine_of_the_folder(two_engines, fresh_cache, monkeypatch):
+    """An edited record with the right key chooses among the folder's own (hash-checked) engines, nothing else."""
+    slowed(monkeypatch, OvRunner)
+    load(two_engines, threads=1).close()
+    record = next((fresh_cache / "auto").glob("*.json"))
+    doc = json.loads(record.read_text())
+    assert doc["backend"] == "onnxruntime"
+    record.write_text(json.dumps({**doc, "backend": "openvino"}))
+    with load(two_engines, threads=1) as engine:
+        assert engine.runner.backend == "openvino" and engine.runner.auto_choice["cached"]
+        assert engine.runner.describe()["path"].startswith(str(two_engines))
