@@ -14,7 +14,7 @@ CACHE_ENV = "NSR_DEPLOY_CACHE"
 
 def cache_root() -> Path:
     if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
+        return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "nsr-deploy"
 

@@ -136,7 +136,9 @@ def load(path, backend: str = "auto", threads: int | None = None, tiling: str = 
          tile_batch: int | None = None, image_mean: float | None = None, patch_size: int | None = None):
     """An :class:`~nsr_deploy.runtimes.engine.Engine` for an export folder, engine file or checkpoint.
 
-    Activation is lazy: the backend loads on first use or on ``activate()`` / ``with``.
+    Activation is lazy: the backend loads on first use or on ``activate()`` / ``with``; except that ``auto`` on a
+    folder with several engines that run here opens them to time them once (:mod:`.auto_choice`), and the
+    chosen one stays open.
     """
     from nsr_deploy.runtimes.engine import Engine
     from nsr_deploy.runtimes.manifest import MANIFEST, manifest_config, read_manifest

@@ -133,12 +133,11 @@ class Engine:
         return max(1, int(left * DENSE_CALL_SHARE) // self._bytes_per_window_pixel())
 
     def call_size(self, plan) -> int:
-        """Windows per engine call: the tile batch; dense models' large windows: as many as fit
-        :meth:`window_pixels` (at least one)."""
+        """Windows per engine call: the tile batch; dense models' large windows: as many as fit the window
+        pixels the plan was sized for (:meth:`window_pixels`; at least one)."""
         size = self.batch_size()
-        if not self.config.sparse and not plan.whole_image:
-            fit = self.window_pixels(plan.height, plan.width) // (plan.window_h * plan.window_w)
-            size = max(1, min(size, fit))
+        if plan.call_pixels and not plan.whole_image:
+            size = max(1, min(size, plan.call_pixels // (plan.window_h * plan.window_w)))
         return size
 
     def memory_needed(self, height: int, width: int, uint8: bool = True) -> int:

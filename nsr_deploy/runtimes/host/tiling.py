@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -64,6 +64,7 @@ class Plan:
     window_w: int
     tiles: tuple[Tile, ...]
     overlapping: bool  # kept parts overlap: blend with weights; otherwise write straight through
+    call_pixels: int | None = None  # dense plans: the most window pixels one call may hold (what it was sized for)
 
     @property
     def whole_image(self) -> bool:
@@ -195,7 +196,7 @@ def exact_plan(height: int, width: int, radius: int, window_pixels: int | None =
                          f"and sides {max_h}x{max_w} with a receptive radius of {radius}")
     _, n_rows, n_cols = best
     if (n_rows, n_cols) == (1, 1):
-        return whole_plan(height, width, "exact")
+        return replace(whole_plan(height, width, "exact"), call_pixels=window_pixels)
     rows, cols = _splits(height, n_rows), _splits(width, n_cols)
     wh, ww = _exact_side(height, n_rows, radius), _exact_side(width, n_cols, radius)
     tiles = []
@@ -204,7 +205,7 @@ def exact_plan(height: int, width: int, radius: int, window_pixels: int | None =
         for x0, x1 in cols:
             wx = min(max(0, x0 - radius), width - ww)
             tiles.append(Tile(wy, wx, y0 - wy, x0 - wx, y1 - wy, x1 - wx))
-    return Plan("exact", height, width, wh, ww, tuple(tiles), False)
+    return Plan("exact", height, width, wh, ww, tuple(tiles), False, window_pixels)
 
 
 def _exact_side(size: int, n: int, radius: int) -> int:

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from nsr_deploy.core.cache import CACHE_ENV, cache_root
 from nsr_deploy.core.errors import BackendUnavailable, NSRError
 from nsr_deploy.core.safe_read import parse_json
 from nsr_deploy.runtimes.base import Runner
 
-CACHE_ENV = "NSR_DEPLOY_CACHE"
 CACHE_OFF = ("", "0", "off", "none", "false")
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 EXECUTION_PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
@@ -55,12 +55,9 @@ def unavailable() -> str | None:
 def default_cache_dir() -> Path | None:
     """Where compiled blobs are cached, or None when caching is switched off."""
     root = os.environ.get(CACHE_ENV)
-    if root is not None:
-        if root.strip().lower() in CACHE_OFF:
-            return None
-        return Path(root).expanduser() / "openvino"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "nsr-deploy" / "openvino"
+    if root is not None and root.strip().lower() in CACHE_OFF:
+        return None
+    return cache_root() / "openvino"
 
 
 def ir_metadata(model) -> dict:
